@@ -1,0 +1,255 @@
+"""`DistillationConfig`: the training arguments of a distillation run.
+
+One dataclass, a subclass of `transformers.TrainingArguments`, so that `HfArgumentParser`, YAML and JSON
+configs, `--help` and the Trainer itself all see the same fields. Every field carries a help string.
+
+The loss convention (several libraries invert `alpha`; we do not):
+
+    loss = alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * CE(student, labels)
+           + hidden_weight * loss_hidden + attention_weight * loss_attention + embedding_weight * loss_embedding
+
+with p = softmax(logits / T). `alpha = 1` is pure distillation, `alpha = 0` is plain fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+HIDDEN_LOSSES = ("mse", "cosine")
+LAYER_MAP_STRATEGIES = ("uniform", "last")
+SCHEDULES = ("constant", "linear", "cosine")
+KD_POSITIONS = ("labelled", "all")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+def parse_layer_map(value: Any) -> str | dict[int, int]:
+    """Normalise a `layer_map` value from Python, YAML or the command line.
+
+    Accepts "uniform", "last", a dict {student_layer: teacher_layer} (keys may be strings, as JSON and YAML
+    give them), or a string holding such a mapping as JSON ('{"1": 3, "2": 6}') or as "1:3,2:6".
+    """
+    if isinstance(value, dict):
+        try:
+            return {int(k): int(v) for k, v in value.items()}
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"layer_map {value!r} must map integer student layers to integer teacher layers, "
+                'for example {1: 3, 2: 6} (0 is the embedding output)'
+            ) from err
+    if isinstance(value, str):
+        text = value.strip()
+        if text in LAYER_MAP_STRATEGIES:
+            return text
+        if text.startswith("{"):
+            return parse_layer_map(json.loads(text))
+        if ":" in text:
+            pairs = [p.split(":") for p in text.split(",") if p.strip()]
+            return parse_layer_map({k.strip(): v.strip() for k, v in pairs})
+    raise ValueError(
+        f"layer_map {value!r} is not understood: use 'uniform', 'last', or an explicit mapping of student layer "
+        "to teacher layer such as {1: 3, 2: 6} or '1:3,2:6' (layers count from 1; 0 is the embedding output)"
+    )
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""
+    Training arguments for [`DistillationTrainer`]: every `TrainingArguments` field, plus these.
+
+    The training loss is
+    `alpha * temperature**2 * KL(p_teacher || p_student) + (1 - alpha) * CE(student, labels)`
+    plus the weighted intermediate-layer terms; `p = softmax(logits / temperature)`.
+
+    Args:
+        temperature (`float`, defaults to `2.0`):
+            Softmax temperature T applied to both teacher and student logits in the soft-target term. Higher T
+            exposes more of the teacher's ranking of wrong classes. The soft term is multiplied by T^2 so its
+            gradient keeps the same scale as T changes.
+        alpha (`float`, defaults to `0.5`):
+            Weight of the soft-target (KD) term, in [0, 1]; the hard cross-entropy gets `1 - alpha`.
+            `alpha=1` ignores labels, `alpha=0` is plain fine-tuning.
+        alpha_schedule (`str`, defaults to `"constant"`):
+            How alpha moves from `alpha` to `alpha_final` over training: `constant`, `linear` or `cosine`.
+        alpha_final (`float`, *optional*):
+            Value of alpha at the last step when `alpha_schedule` is not constant.
+        temperature_schedule (`str`, defaults to `"constant"`):
+            How the temperature moves from `temperature` to `temperature_final`: `constant`, `linear`, `cosine`.
+        temperature_final (`float`, *optional*):
+            Temperature at the last step when `temperature_schedule` is not constant.
+        kd_positions (`str`, defaults to `"labelled"`):
+            For token-level heads (token classification, masked LM): which positions enter the KD term.
+            `labelled`: positions whose label is not -100 (masked tokens for MLM, first sub-tokens for NER);
+            `all`: every non-padding position.
+        teacher_dtype (`str`, defaults to `"auto"`):
+            dtype of the teacher's weights for its forward pass: `auto` keeps the teacher as loaded,
+            or `float32`, `bfloat16`, `float16`. The KD math always runs in float32.
+        hidden_weight (`float`, defaults to `0.0`):
+            Weight of the hidden-state matching term (0 turns it off).
+        hidden_loss (`str`, defaults to `"mse"`):
+            Distance for hidden states and embeddings: `mse` or `cosine` (1 - cosine similarity).
+        attention_weight (`float`, defaults to `0.0`):
+            Weight of the attention-map matching term (MSE between attention probabilities, TinyBERT style).
+        embedding_weight (`float`, defaults to `0.0`):
+            Weight of the embedding-output matching term (hidden_states[0]).
+        layer_map (`str` or `dict`, defaults to `"uniform"`):
+            Which teacher layer each student layer learns from. Layers count from 1 (hidden_states[m] is the
+            output of layer m; 0 is the embedding output). `uniform`: student layer m -> teacher layer
+            round(m * L_t / L_s) (12 -> 4 gives 3, 6, 9, 12); `last`: the last L_s teacher layers; or an
+            explicit mapping such as `{1: 3, 2: 6}` (YAML dict, JSON string, or `1:3,2:6`).
+        projection_init (`str`, defaults to `"xavier"`):
+            Initialisation of the learned projections that map student hidden states to the teacher's size
+            when they differ: `xavier` or `identity` (identity on the overlapping block).
+        nonfinite_policy (`str`, defaults to `"raise"`):
+            What to do when teacher or student logits hold NaN or inf: `raise` stops with an error naming
+            the step and batch; `skip` drops that micro-batch from the update and counts it in the logs.
+        teacher_cache_check (`bool`, defaults to `True`):
+            When both a live teacher and cached teacher logits are given, check the cache's teacher
+            fingerprint against the live teacher before training.
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "Softmax temperature T for the soft-target term; the term is scaled by T^2 so gradients "
+            "keep their scale as T changes."
+        },
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight of the soft-target KD term in [0, 1]; the hard cross-entropy gets 1 - alpha. "
+            "alpha=1 is pure distillation, alpha=0 plain fine-tuning."
+        },
+    )
+    alpha_schedule: str = field(
+        default="constant",
+        metadata={"help": "How alpha moves to alpha_final over training.", "choices": list(SCHEDULES)},
+    )
+    alpha_final: float | None = field(
+        default=None, metadata={"help": "alpha at the last step when alpha_schedule is not constant."}
+    )
+    temperature_schedule: str = field(
+        default="constant",
+        metadata={"help": "How the temperature moves to temperature_final.", "choices": list(SCHEDULES)},
+    )
+    temperature_final: float | None = field(
+        default=None, metadata={"help": "Temperature at the last step when temperature_schedule is not constant."}
+    )
+    kd_positions: str = field(
+        default="labelled",
+        metadata={
+            "help": "Token-level heads: 'labelled' puts positions with label != -100 in the KD term (masked "
+            "tokens for MLM); 'all' uses every non-padding position.",
+            "choices": list(KD_POSITIONS),
+        },
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the teacher's weights for its forward pass; the KD math always runs in float32.",
+            "choices": list(TEACHER_DTYPES),
+        },
+    )
+    hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the hidden-state matching term (0 = off)."}
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={"help": "Distance for hidden states and embeddings.", "choices": list(HIDDEN_LOSSES)},
+    )
+    attention_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the attention-map matching term (0 = off)."}
+    )
+    embedding_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the embedding-output matching term (0 = off)."}
+    )
+    layer_map: Any = field(
+        default="uniform",
+        metadata={
+            "help": "Student-to-teacher layer mapping: 'uniform', 'last', or explicit like '1:3,2:6' or "
+            '\'{"1": 3, "2": 6}\' (layers count from 1; 0 is the embedding output).'
+        },
+    )
+    projection_init: str = field(
+        default="xavier",
+        metadata={"help": "Initialisation of hidden-size projections.", "choices": ["xavier", "identity"]},
+    )
+    nonfinite_policy: str = field(
+        default="raise",
+        metadata={
+            "help": "On NaN/inf logits: 'raise' stops with the step and batch; 'skip' drops the micro-batch "
+            "and counts it in the logs.",
+            "choices": list(NONFINITE_POLICIES),
+        },
+    )
+    teacher_cache_check: bool = field(
+        default=True,
+        metadata={"help": "Check cached teacher logits against the live teacher's fingerprint."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_distillation()
+
+    def validate_distillation(self) -> None:
+        """Raise a `ValueError` naming the offending value and the fix for out-of-range settings."""
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(
+                f"alpha={self.alpha} is outside [0, 1]: alpha weighs the KD term and 1 - alpha the hard "
+                "cross-entropy; use alpha=1 for pure distillation or alpha=0 for plain fine-tuning"
+            )
+        if not self.temperature > 0 or self.temperature != self.temperature:
+            raise ValueError(
+                f"temperature={self.temperature} must be a positive number; typical values are 1 to 20 "
+                "(2 softens the teacher mildly)"
+            )
+        for name in ("alpha_schedule", "temperature_schedule"):
+            if getattr(self, name) not in SCHEDULES:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(SCHEDULES)}")
+        if self.alpha_schedule != "constant":
+            if self.alpha_final is None:
+                raise ValueError(
+                    f"alpha_schedule={self.alpha_schedule!r} needs alpha_final (the value at the last step)"
+                )
+            if not 0.0 <= self.alpha_final <= 1.0:
+                raise ValueError(f"alpha_final={self.alpha_final} is outside [0, 1]")
+        if self.temperature_schedule != "constant":
+            if self.temperature_final is None or not self.temperature_final > 0:
+                raise ValueError(
+                    f"temperature_schedule={self.temperature_schedule!r} needs a positive temperature_final, "
+                    f"got {self.temperature_final}"
+                )
+        if self.kd_positions not in KD_POSITIONS:
+            raise ValueError(f"kd_positions={self.kd_positions!r} is not one of {list(KD_POSITIONS)}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(f"teacher_dtype={self.teacher_dtype!r} is not one of {list(TEACHER_DTYPES)}")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(
+                f"hidden_loss={self.hidden_loss!r} does not exist: choose one of {list(HIDDEN_LOSSES)}"
+            )
+        if self.nonfinite_policy not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"nonfinite_policy={self.nonfinite_policy!r} is not one of {list(NONFINITE_POLICIES)}"
+            )
+        if self.projection_init not in ("xavier", "identity"):
+            raise ValueError(f"projection_init={self.projection_init!r} is not one of ['xavier', 'identity']")
+        for name in ("hidden_weight", "attention_weight", "embedding_weight"):
+            value = getattr(self, name)
+            if value < 0 or value != value:
+                raise ValueError(f"{name}={value} must be >= 0 (0 turns the term off)")
+        self.layer_map = parse_layer_map(self.layer_map)
+
+    @property
+    def uses_intermediate_layers(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0 or self.embedding_weight > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if isinstance(d.get("layer_map"), dict):
+            d["layer_map"] = {str(k): v for k, v in d["layer_map"].items()}
+        return d

@@ -1,0 +1,199 @@
+"""Distillation losses: pure functions of tensors and masks, with no Trainer inside.
+
+Every function computes in float32, whatever dtype its inputs arrive in: under bf16/fp16 autocast a softmax of
+large logits overflows or loses the small probabilities that carry the teacher's "dark knowledge".
+
+Reductions: each loss is a sum of per-item terms (an item is an example, a token or a query position, as each
+function says). `reduction="mean"` divides by the number of valid items in the call, `"sum"` returns the sum so
+that a caller can divide by a count taken over a larger batch (gradient accumulation, several processes), and
+`"none"` returns the per-item terms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def _reduce(per_item: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
+    if mask is not None:
+        per_item = per_item * mask.to(per_item.dtype)
+        count = mask.to(per_item.dtype).sum()
+    else:
+        count = torch.tensor(float(per_item.numel()), device=per_item.device)
+    if reduction == "none":
+        return per_item
+    if reduction == "sum":
+        return per_item.sum()
+    if reduction == "mean":
+        # An empty mask gives 0, not NaN: a micro-batch with no labelled token contributes nothing.
+        return per_item.sum() / count.clamp_min(1.0)
+    raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
+
+
+def _finite_log_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """log_softmax(logits / T) in float32, safe for -inf entries (masked vocabulary) and fp16-max logits."""
+    logits = logits.float() / temperature  # (..., C)
+    # Positions where every entry is -inf would give NaN; they carry no distribution, so make them uniform.
+    all_masked = torch.isneginf(logits).all(dim=-1, keepdim=True)
+    logits = torch.where(all_masked, torch.zeros_like(logits), logits)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def kl_from_log_probs(student_log_probs: Tensor, teacher_log_probs: Tensor) -> Tensor:
+    """KL(p_teacher || p_student) along the last dim, per item: sum_c p_t (log p_t - log p_s).
+
+    Classes the teacher gives zero probability (log p = -inf) contribute 0, as in the limit p log p -> 0,
+    and a class the student masks (-inf) where the teacher puts no mass contributes 0 too.
+    """
+    teacher_probs = teacher_log_probs.exp()  # (..., C)
+    diff = teacher_log_probs - student_log_probs
+    terms = torch.where(teacher_probs > 0, teacher_probs * diff, torch.zeros_like(diff))
+    return terms.sum(dim=-1)  # (...)
+
+
+def soft_target_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None = None,
+    temperature: float = 2.0,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    teacher_log_probs: Tensor | None = None,
+) -> Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), per item along the last dim.
+
+    Args:
+        student_logits: (B, C) or (B, L, C).
+        teacher_logits: same shape; or pass `teacher_log_probs` already at temperature T (an ensemble's
+            averaged distribution, or a cached top-k distribution).
+        mask: (B,) or (B, L), 1 for items that count.
+
+    The T^2 factor (Hinton et al., 2015): the gradient of the softened KL w.r.t. the logits scales as 1/T^2,
+    so multiplying by T^2 keeps the soft term's contribution comparable across temperatures.
+    """
+    if teacher_log_probs is None:
+        if teacher_logits is None:
+            raise ValueError("soft_target_loss needs teacher_logits or teacher_log_probs")
+        if teacher_logits.shape != student_logits.shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                f"{tuple(student_logits.shape)} differ in shape: the two models must share the label set "
+                "(and vocabulary for token-level heads)"
+            )
+        teacher_log_probs = _finite_log_softmax(teacher_logits, temperature)
+    student_log_probs = _finite_log_softmax(student_logits, temperature)
+    per_item = kl_from_log_probs(student_log_probs, teacher_log_probs.float()) * temperature**2
+    return _reduce(per_item, mask, reduction)
+
+
+def ensemble_log_probs(
+    teacher_logits: list[Tensor], temperature: float, weights: list[float] | None = None
+) -> Tensor:
+    """log of the weighted mean of softmax(logits_i / T) over teachers: log sum_i w_i p_i.
+
+    Averaging distributions (not logits) is what "the ensemble's soft targets" means; two identical teachers
+    give exactly one teacher's distribution.
+    """
+    n = len(teacher_logits)
+    if weights is None:
+        weights = [1.0 / n] * n
+    total = float(sum(weights))
+    log_w = torch.tensor([w / total for w in weights], dtype=torch.float32, device=teacher_logits[0].device)
+    stacked = torch.stack([_finite_log_softmax(t, temperature) for t in teacher_logits])  # (N, ..., C)
+    log_w = log_w.view(n, *([1] * (stacked.dim() - 1)))
+    return torch.logsumexp(stacked + log_w, dim=0)  # (..., C)
+
+
+def topk_soft_target_loss(
+    student_logits: Tensor,
+    teacher_topk_log_probs: Tensor,
+    teacher_topk_indices: Tensor,
+    temperature: float,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """T^2 * KL over k+1 buckets: the teacher's top-k classes and one bucket for all remaining mass.
+
+    `teacher_topk_log_probs` (..., k) are log softmax(teacher / T) at those classes, computed at the same T.
+    The student's distribution is folded the same way: its probabilities at the k indices plus the rest.
+    """
+    student_log_probs = _finite_log_softmax(student_logits, temperature)  # (..., C)
+    s_top = student_log_probs.gather(-1, teacher_topk_indices.long())  # (..., k)
+    t_top = teacher_topk_log_probs.float()
+    # log(1 - sum p); clamp keeps log finite when the top-k hold (almost) all the mass.
+    t_rest = torch.log1p(-t_top.exp().sum(-1).clamp(max=1.0 - 1e-7)).unsqueeze(-1)
+    s_rest = torch.log1p(-s_top.exp().sum(-1).clamp(max=1.0 - 1e-7)).unsqueeze(-1)
+    per_item = kl_from_log_probs(torch.cat([s_top, s_rest], -1), torch.cat([t_top, t_rest], -1))
+    return _reduce(per_item * temperature**2, mask, reduction)
+
+
+def hard_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy with the true labels in float32; label -100 is ignored. logits (..., C), labels (...)."""
+    per_item = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100,
+        reduction="none",
+    ).view(labels.shape)
+    return _reduce(per_item, labels.ne(-100), reduction)
+
+
+def hidden_state_loss(
+    student_hidden: Tensor,
+    teacher_hidden: Tensor,
+    mask: Tensor | None = None,
+    loss: str = "mse",
+    reduction: str = "mean",
+) -> Tensor:
+    """Distance between hidden states per token, averaged over valid (non-padding) tokens.
+
+    student_hidden, teacher_hidden: (B, L, D), already projected to the same D.
+    `mse`: mean over D of (s - t)^2 per token. `cosine`: 1 - cos(s, t) per token.
+    """
+    s = student_hidden.float()
+    t = teacher_hidden.float()
+    if s.shape != t.shape:
+        raise ValueError(
+            f"hidden states {tuple(s.shape)} and {tuple(t.shape)} differ: project the student's states to the "
+            "teacher's hidden size first"
+        )
+    if loss == "mse":
+        per_token = (s - t).pow(2).mean(dim=-1)  # (B, L)
+    elif loss == "cosine":
+        per_token = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)  # (B, L)
+    else:
+        raise ValueError(f"hidden loss {loss!r} does not exist: choose 'mse' or 'cosine'")
+    return _reduce(per_token, mask, reduction)
+
+
+def attention_loss(
+    student_attention: Tensor,
+    teacher_attention: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """MSE between attention maps (TinyBERT style), per valid query token.
+
+    student_attention: (B, H_s, L, L), teacher_attention: (B, H_t, L, L) attention probabilities.
+    Per query position q: the mean over heads and over valid key positions k of (a_s - a_t)^2.
+    With equal head counts heads are matched one to one; with different counts each model's maps are first
+    averaged over its heads (a head-agnostic comparison), since there is no natural pairing of heads.
+    """
+    s = student_attention.float()
+    t = teacher_attention.float()
+    if s.shape[-1] != t.shape[-1] or s.shape[-2] != t.shape[-2]:
+        raise ValueError(
+            f"attention maps of length {s.shape[-1]} and {t.shape[-1]} cannot be compared: teacher and student "
+            "must see the same tokens (same tokenizer and max length)"
+        )
+    if s.shape[1] != t.shape[1]:
+        s = s.mean(dim=1, keepdim=True)  # (B, 1, L, L)
+        t = t.mean(dim=1, keepdim=True)
+    sq = (s - t).pow(2)  # (B, H, L, L)
+    if mask is not None:
+        key_mask = mask.to(sq.dtype)[:, None, None, :]  # (B, 1, 1, L)
+        per_query = (sq * key_mask).sum(-1) / key_mask.sum(-1).clamp_min(1.0)  # (B, H, L)
+    else:
+        per_query = sq.mean(-1)
+    per_query = per_query.mean(dim=1)  # (B, L)
+    return _reduce(per_query, mask, reduction)
