@@ -100,7 +100,7 @@ def ensemble_log_probs(
     if weights is None:
         weights = [1.0 / n] * n
     total = float(sum(weights))
-    log_w = torch.tensor([w / total for w in weights], dtype=torch.float32, device=teacher_logits[0].device)
+    log_w = torch.tensor([w / total for w in weights], dtype=torch.float32, device=teacher_logits[0].device).log()
     stacked = torch.stack([_finite_log_softmax(t, temperature) for t in teacher_logits])  # (N, ..., C)
     log_w = log_w.view(n, *([1] * (stacked.dim() - 1)))
     return torch.logsumexp(stacked + log_w, dim=0)  # (..., C)
