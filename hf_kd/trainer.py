@@ -58,6 +58,7 @@ from .validation import (
     DistillationConfigError,
     check_label_spaces,
     check_labels_present,
+    check_setup,
     check_teacher_is_separate,
     check_vocabularies,
     dataset_columns,
@@ -140,10 +141,12 @@ class DistillationTrainer(Trainer):
         *trainer_args: Any,
         teacher_model: nn.Module | list[nn.Module] | None = None,
         teacher_weights: list[float] | None = None,
+        teacher_tokenizer: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
         args = _as_distillation_config(args)
         self._distillation_ready = False
+        self.teacher_tokenizer = teacher_tokenizer  # spot-checked against processing_class in _setup_distillation
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.args: DistillationConfig
         self._setup_distillation(teacher_model, teacher_weights)
@@ -190,6 +193,10 @@ class DistillationTrainer(Trainer):
             check_vocabularies(self.model, teacher, self.task)
         alpha_min = min(args.alpha, args.alpha_final if args.alpha_schedule != "constant" else args.alpha)
         check_labels_present(self.train_dataset, args.alpha, self.label_names, alpha_min)
+        check_setup(
+            self.model, teachers, args, self.train_dataset, self.task,
+            self.processing_class, self.teacher_tokenizer, self.optimizer,
+        )
 
         if self.uses_cache and teachers and args.teacher_cache_check:
             from .cache import read_cache_metadata, teacher_fingerprint
@@ -225,6 +232,7 @@ class DistillationTrainer(Trainer):
         self._teacher_args = forward_argument_names(placed[0]) if placed else None
 
         self._train_sums: dict[str, torch.Tensor] = {}
+        self._schedule_sums: list[float] = [0.0, 0.0, 0]
         self._last_component_log_step = 0
         self._step_counts: torch.Tensor | None = None
         self._eval_stats: dict[str, list[torch.Tensor]] | None = None
@@ -439,7 +447,8 @@ class DistillationTrainer(Trainer):
         else:
             counts, scale = local_counts, 1.0
             if training:
-                scale = 1.0 / self.current_gradient_accumulation_steps
+                # Called outside Trainer's loop (no step counts): a per-micro-batch mean, scaled as Trainer would.
+                scale = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         counts = counts.clamp_min(1.0)
 
         components: dict[str, torch.Tensor] = {}
@@ -621,6 +630,10 @@ class DistillationTrainer(Trainer):
             for name, value in components.items():
                 value = value.detach().float() * scale
                 self._train_sums[name] = self._train_sums.get(name, 0.0) + value
+            # The values this micro-batch actually used, averaged over the logging window.
+            self._schedule_sums[0] += alpha
+            self._schedule_sums[1] += self.current_temperature
+            self._schedule_sums[2] += 1
             return
         if self._eval_stats is None:
             return
@@ -702,10 +715,12 @@ class DistillationTrainer(Trainer):
                 values = self.accelerator.reduce(values.to(self.accelerator.device), "mean").cpu()
             for name, value in zip(names, values.tolist()):
                 logs[f"loss_{name}"] = value / steps
-            if self.args.alpha_schedule != "constant":
-                logs["alpha"] = self.current_alpha
-            if self.args.temperature_schedule != "constant":
-                logs["temperature"] = self.current_temperature
+            alpha_sum, temperature_sum, n = self._schedule_sums
+            if self.args.alpha_schedule != "constant" and n:
+                logs["alpha"] = alpha_sum / n
+            if self.args.temperature_schedule != "constant" and n:
+                logs["temperature"] = temperature_sum / n
+            self._schedule_sums = [0.0, 0.0, 0]
             if self.nonfinite_skipped:
                 logs["nonfinite_skipped"] = self.nonfinite_skipped
             self._train_sums = {}
@@ -747,10 +762,69 @@ class DistillationTrainer(Trainer):
 
         projections.load_state_dict(load_file(path, device="cpu"))
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if self.layer_table:
             logger.info("hf-kd layer mapping:\n%s", self.layer_table)
-        return super().train(*args, **kwargs)
+        if resume_from_checkpoint is True:
+            # Trainer would take the highest checkpoint-N even if a kill left it half written.
+            from .checkpoints import last_complete_checkpoint
+
+            found = last_complete_checkpoint(self.args.output_dir, require_projections=self.projections is not None)
+            if found is None:
+                raise ValueError(
+                    f"No complete checkpoint found in output directory ({self.args.output_dir}): start without "
+                    "resume_from_checkpoint, or pass the path of a checkpoint directory"
+                )
+            resume_from_checkpoint = found
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # ---- model card and Hub: the student alone, with a distillation card (hf_kd.model_card, hf_kd.hub) ----
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Write the distillation card (teacher vs student, recipe, loss plot) into `args.output_dir`; see
+        `hf_kd.create_distillation_model_card` for `kwargs`. Trainer's arguments keep their meaning."""
+        if not self.is_world_process_zero():
+            return None
+        from .model_card import create_distillation_model_card
+
+        return create_distillation_model_card(
+            self, language=language, license=license, tags=tags, model_name=model_name,
+            base_model=kwargs.pop("base_model", finetuned_from),
+            pipeline_tag=kwargs.pop("pipeline_tag", tasks if isinstance(tasks, str) else None),
+            dataset_name=kwargs.pop("dataset_name", dataset or dataset_tags), **kwargs,
+        )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Publish the student (never the teacher or the projections) with its distillation card; `kwargs` go
+        to `create_model_card`. A failed request raises `hf_kd.hub.HubPushError`; the output dir stays complete."""
+        from .hub import push_trainer_to_hub
+
+        return push_trainer_to_hub(self, commit_message, blocking, token, revision, private, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        from .hub import push_checkpoint
+
+        push_checkpoint(self, checkpoint_folder, super()._push_from_checkpoint)
 
     # ---- description for model cards ------------------------------------------------------------------
 
