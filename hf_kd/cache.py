@@ -1,0 +1,451 @@
+"""Cached teacher outputs: run the teacher once, keep its logits as dataset columns, train many epochs on them.
+
+`cache_teacher_outputs(teacher, dataset)` returns the dataset with the teacher's outputs as extra columns (names in
+`hf_kd.teacher`):
+
+- sequence-level heads: `teacher_logits`, a list of C floats per example;
+- token-level heads (token classification, masked or causal LM): `teacher_logits`, an (L_i, C) list per example
+  holding the rows of the example's real tokens (where `attention_mask` is 1) -- padding is not stored;
+- extractive QA: `teacher_start_logits` and `teacher_end_logits`, (L_i,) per example, likewise;
+- with `top_k` (big vocabularies): `teacher_topk_log_probs` = the k largest values of
+  `log_softmax(logits / temperature)`, sorted descending (index 0 is the argmax), and `teacher_topk_indices`,
+  instead of full logits. The KD term then folds the remaining probability mass into one bucket
+  (`hf_kd.losses.topk_soft_target_loss`), which is why these values only hold at the temperature they were made at.
+
+The cache is keyed on the teacher's weights (`teacher_fingerprint`), its name, the tokenizer (name + vocabulary
+hash), the dataset (`dataset._fingerprint`), `top_k` and `temperature`. The key and its parts travel with the
+dataset as JSON in `dataset.info.description`, which `datasets` carries through `select`, `shuffle`, `map`,
+`filter`, `train_test_split` and `save_to_disk`/`load_from_disk`; `read_cache_metadata` reads it back.
+
+`TeacherCacheCollator` wraps any collator: it takes the teacher columns out of the features, lets the inner
+collator build the batch, then stacks the cached values into float tensors aligned with the padded batch
+(token-level values are scattered back to the positions where `attention_mask` is 1; padding holds zeros, which
+the trainer's KD mask excludes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .teacher import (
+    TEACHER_COLUMNS,
+    TEACHER_END_LOGITS,
+    TEACHER_LOGITS,
+    TEACHER_START_LOGITS,
+    TEACHER_TOPK_INDICES,
+    TEACHER_TOPK_LOG_PROBS,
+)
+from .validation import DistillationConfigError, infer_task
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "hf_kd_teacher_cache"
+CACHE_FORMAT = 1
+# Columns that are never model inputs for the teacher: its forward would compute a loss we do not need.
+_TARGET_COLUMNS = ("labels", "label", "label_ids", "start_positions", "end_positions")
+# Columns aligned with token positions (padded back to the batch's sequence length by the collator).
+_TOKEN_ALIGNED_1D = (TEACHER_START_LOGITS, TEACHER_END_LOGITS)
+
+
+# ---- fingerprints and metadata -------------------------------------------------------------------------
+
+
+def teacher_fingerprint(model: nn.Module) -> str:
+    """A stable hash of the teacher's weights: every state-dict tensor's name, dtype, shape and bytes, plus the
+    model and config classes. Two teachers with equal weights give the same fingerprint in any process; one
+    changed weight gives another. About 0.1 s for a 22M-parameter model on CPU."""
+    model = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(type(model).__name__.encode())
+    digest.update(type(getattr(model, "config", None)).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        # Raw bytes of any dtype (bfloat16 has no numpy equivalent), hence the uint8 view.
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    """Class, name and a hash of the vocabulary: a different tokenization means different teacher inputs."""
+    if tokenizer is None:
+        return None
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(str(getattr(tokenizer, "name_or_path", "")).encode())
+    digest.update(json.dumps(sorted(vocab.items())).encode())
+    return digest.hexdigest()
+
+
+def _model_name(model: nn.Module) -> str | None:
+    config = getattr(getattr(model, "module", model), "config", None)
+    return getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None) or None
+
+
+def _cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def read_cache_metadata(dataset: Any) -> dict[str, Any] | None:
+    """The cache metadata written by `cache_teacher_outputs` (keys: cache_key, teacher_fingerprint, teacher_name,
+    tokenizer_fingerprint, dataset_fingerprint, top_k, temperature, task, num_classes, ...), or None."""
+    info = getattr(dataset, "info", None)
+    text = getattr(info, "description", None)
+    if not text:
+        return None
+    try:
+        payload = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get(METADATA_KEY), dict):
+        return payload[METADATA_KEY]
+    return None
+
+
+def _write_metadata(dataset: Any, meta: dict[str, Any]) -> None:
+    """Store `meta` in the dataset's description, keeping a user description that was there before."""
+    previous = dataset.info.description or ""
+    if read_cache_metadata(dataset) is not None:
+        previous = json.loads(previous).get("description", "")
+    dataset.info.description = json.dumps({METADATA_KEY: meta, "description": previous})
+
+
+# ---- computing the cache -------------------------------------------------------------------------------
+
+
+def _teacher_input_columns(teacher: nn.Module, columns: list[str]) -> list[str]:
+    """Dataset columns that the teacher's forward names explicitly (v5 models also take **kwargs, so the
+    explicit parameters are the ones that matter); targets are left out so the teacher computes no loss."""
+    target = getattr(teacher, "module", teacher)
+    params = inspect.signature(target.forward).parameters
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    chosen = [c for c in columns if c in named and c not in _TARGET_COLUMNS]
+    if not chosen:
+        raise ValueError(
+            f"none of the dataset's columns {columns} is an input of {type(target).__name__}.forward "
+            f"(it takes {sorted(named)}): tokenize the dataset first (input_ids, attention_mask)"
+        )
+    return chosen
+
+
+def _default_device(teacher: nn.Module) -> torch.device:
+    param = next(teacher.parameters(), None)
+    if param is not None and param.device.type != "cpu":
+        return param.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _rows(values: torch.Tensor, mask: torch.Tensor | None) -> list[list]:
+    """Per example, the rows at real-token positions: values (B, L, ...) -> B lists of (L_i, ...)."""
+    values = values.cpu()
+    if mask is None:
+        return [v.tolist() for v in values]
+    mask = mask.bool().cpu()
+    return [v[m].tolist() for v, m in zip(values, mask)]
+
+
+def cache_teacher_outputs(
+    teacher: nn.Module,
+    dataset: Any,
+    batch_size: int = 32,
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    top_k: int | None = None,
+    temperature: float | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    tokenizer: Any = None,
+    desc: str = "Caching teacher outputs",
+) -> Any:
+    """Run `teacher` once over `dataset` and return the dataset with the teacher's outputs as columns.
+
+    Args:
+        teacher: a trained model with a sequence-classification, token-classification, QA, masked-LM or
+            causal-LM head.
+        dataset: a tokenized `datasets.Dataset` (input_ids, attention_mask, ...). Any teacher columns it already
+            has are replaced.
+        batch_size: examples per teacher forward.
+        collator: builds a batch from a list of examples; default: `DataCollatorWithPadding(tokenizer)` when a
+            tokenizer is given, else `transformers.default_data_collator` (equal-length examples).
+        top_k: store only the top-k log-probabilities at `temperature` and their indices (masked / causal LM
+            with large vocabularies); `temperature` is then required and must be the run's temperature.
+        temperature: the softmax temperature of the top-k log-probabilities (recorded in the metadata).
+        device: where the teacher runs; default the teacher's device if it is on an accelerator, else CUDA when
+            available, else CPU. The teacher is put back where it was, in the mode it was in.
+        cache_dir: if given, the result is saved there (`save_to_disk`) under a name derived from the cache key,
+            and loaded from there (`load_from_disk`) by a later call with the same key.
+        tokenizer: the tokenizer that made `dataset` (part of the cache key; also the default collator's).
+        desc: progress-bar label.
+
+    Returns:
+        The dataset with the teacher columns added and the cache metadata in `dataset.info.description`
+        (`read_cache_metadata`).
+    """
+    from datasets import List, Value, load_from_disk
+    from tqdm.auto import tqdm
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    if top_k is not None:
+        if int(top_k) < 1:
+            raise ValueError(f"top_k={top_k} must be a positive number of classes to keep, or None for all")
+        if temperature is None or temperature <= 0:
+            raise ValueError(
+                f"top_k={top_k} stores log_softmax(logits / temperature), which holds at one temperature only: "
+                f"pass temperature=<the run's DistillationConfig.temperature> (got {temperature})"
+            )
+        top_k = int(top_k)
+    task = infer_task(teacher)
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "teacher_fingerprint": teacher_fingerprint(teacher),
+        "teacher_name": _model_name(teacher),
+        "teacher_revision": getattr(getattr(teacher, "config", None), "_commit_hash", None),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+        "top_k": top_k,
+        "temperature": float(temperature) if temperature is not None else None,
+    }
+    key = _cache_key(meta)
+    path = os.path.join(os.fspath(cache_dir), f"teacher-outputs-{key}") if cache_dir is not None else None
+    if path is not None and os.path.isdir(path):
+        loaded = load_from_disk(path)
+        found = read_cache_metadata(loaded)
+        if found is not None and found.get("cache_key") == key:
+            logger.info("Reusing cached teacher outputs from %s (cache key %s).", path, key)
+            return loaded
+        logger.warning("%s holds no teacher cache with key %s: recomputing it.", path, key)
+
+    columns = list(dataset.column_names)
+    inputs_view = dataset.select_columns(_teacher_input_columns(teacher, columns))
+    if collator is None:
+        collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
+    device = torch.device(device) if device is not None else _default_device(teacher)
+    first_param = next(teacher.parameters(), None)
+    home = first_param.device if first_param is not None else device
+    was_training = teacher.training
+    teacher.eval().to(device)
+
+    stored: dict[str, list] = {}
+    num_classes = None
+    try:
+        n = len(dataset)
+        with torch.no_grad():
+            for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
+                rows = inputs_view[start : start + batch_size]  # dict of column -> list
+                features = [dict(zip(rows, values)) for values in zip(*rows.values())]
+                try:
+                    batch = collator(features)
+                except (ValueError, RuntimeError) as err:
+                    raise ValueError(
+                        f"cannot batch the dataset's examples for the teacher ({err}): pass tokenizer=<the "
+                        "tokenizer> (to pad with DataCollatorWithPadding) or collator=<your collator>"
+                    ) from err
+                batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+                outputs = teacher(**batch)
+                mask = batch.get("attention_mask")
+                if task == "qa" or (
+                    outputs.get("logits") is None and outputs.get("start_logits") is not None
+                ):
+                    task = "qa"
+                    heads = {
+                        TEACHER_START_LOGITS: outputs["start_logits"],
+                        TEACHER_END_LOGITS: outputs["end_logits"],
+                    }
+                    for name, logits in heads.items():  # (B, L)
+                        stored.setdefault(name, []).extend(_rows(logits.float(), mask))
+                    continue
+                logits = outputs.get("logits") if hasattr(outputs, "get") else None
+                if logits is None:
+                    raise ValueError(
+                        f"{type(teacher).__name__} returns no logits: cache the outputs of a model with a "
+                        "classification, QA or language-modelling head"
+                    )
+                num_classes = int(logits.shape[-1])
+                token_level = logits.dim() == 3  # (B, L, C) rather than (B, C)
+                if top_k is None:
+                    values = {TEACHER_LOGITS: logits}
+                else:
+                    if top_k > num_classes:
+                        raise ValueError(f"top_k={top_k} exceeds the teacher's {num_classes} classes")
+                    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)  # (..., C)
+                    top = log_probs.topk(top_k, dim=-1, sorted=True)  # (..., k), descending
+                    values = {TEACHER_TOPK_LOG_PROBS: top.values, TEACHER_TOPK_INDICES: top.indices}
+                for name, tensor in values.items():
+                    tensor = tensor.long() if name == TEACHER_TOPK_INDICES else tensor.float()
+                    rows_out = _rows(tensor, mask) if token_level else tensor.cpu().tolist()
+                    stored.setdefault(name, []).extend(rows_out)
+    finally:
+        teacher.train(was_training)
+        teacher.to(home)
+
+    token_level = task in ("token", "mlm", "causal", "qa") or (
+        TEACHER_LOGITS in stored and stored[TEACHER_LOGITS] and isinstance(stored[TEACHER_LOGITS][0][0], list)
+    )
+    result = dataset.remove_columns([c for c in TEACHER_COLUMNS if c in columns])
+    for name, column in stored.items():
+        scalar = Value("int64") if name == TEACHER_TOPK_INDICES else Value("float32")
+        nested = name not in _TOKEN_ALIGNED_1D and token_level
+        feature = List(List(scalar)) if nested else List(scalar)
+        result = result.add_column(
+            name, column, feature=feature, new_fingerprint=_cache_key({**meta, "col": name})
+        )
+    meta.update(cache_key=key, task=task, num_classes=num_classes, token_level=token_level)
+    _write_metadata(result, meta)
+    if path is not None:
+        result.save_to_disk(path)
+        logger.info("Saved teacher outputs to %s (cache key %s).", path, key)
+    return result
+
+
+# ---- checks against the student and the run -------------------------------------------------------------
+
+
+def _student_classes(student: nn.Module, task: str) -> tuple[int | None, str]:
+    config = getattr(getattr(student, "module", student), "config", None)
+    if task in ("sequence", "token"):
+        return getattr(config, "num_labels", None), "labels"
+    if task in ("mlm", "causal"):
+        return getattr(config, "vocab_size", None), "vocabulary entries"
+    return None, ""
+
+
+def _last_dim(value: Any) -> int | None:
+    """Length of the innermost list of a cached value: C for (C,) and (L, C)."""
+    while isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+        value = value[0]
+    if torch.is_tensor(value):
+        return int(value.shape[-1]) if value.dim() else None
+    return len(value) if isinstance(value, (list, tuple)) else None
+
+
+def check_cache_fits(dataset: Any, student: nn.Module, temperature: float, temperature_schedule: str) -> None:
+    """Raise `DistillationConfigError` when cached teacher outputs cannot train this student in this run."""
+    columns = getattr(dataset, "column_names", None)
+    if not columns or not any(c in columns for c in TEACHER_COLUMNS):
+        return
+    meta = read_cache_metadata(dataset) or {}
+    task = infer_task(student)
+    cached_task = meta.get("task")
+    if cached_task and task != "generic" and cached_task != task:
+        raise DistillationConfigError(
+            f"the cached teacher outputs come from a {cached_task!r} head but the student has a {task!r} head: "
+            "cache the outputs of a teacher with the student's head type"
+        )
+    topk = TEACHER_TOPK_LOG_PROBS in columns
+    student_n, what = _student_classes(student, task)
+    if student_n is not None:
+        cached_n = meta.get("num_classes")
+        if cached_n is None and TEACHER_LOGITS in columns and len(dataset) > 0:
+            cached_n = _last_dim(dataset[0][TEACHER_LOGITS])
+        if cached_n is not None and int(cached_n) != int(student_n):
+            raise DistillationConfigError(
+                f"the cached teacher logits have {cached_n} classes but the student has {student_n} {what}: "
+                "the KD term compares them class by class, so build the student with the teacher's label set "
+                "(num_labels/id2label) or vocabulary, or recompute the cache with a matching teacher"
+            )
+        if topk and cached_n is None and len(dataset) > 0:
+            largest = torch.as_tensor(dataset[0][TEACHER_TOPK_INDICES]).max().item()
+            if largest >= student_n:
+                raise DistillationConfigError(
+                    f"the cached top-k indices reach class {largest} but the student has only {student_n} "
+                    f"{what}: recompute the cache with a teacher that shares the student's vocabulary"
+                )
+    if not topk:
+        return  # full logits are softened at whatever temperature the run uses
+    if temperature_schedule != "constant":
+        raise DistillationConfigError(
+            f"the cache holds top-k log-probabilities made at temperature {meta.get('temperature')}, but "
+            f"temperature_schedule={temperature_schedule!r} changes the temperature during training: top-k "
+            "log-probabilities hold at one temperature only, so cache full logits (top_k=None) or use "
+            "temperature_schedule='constant'"
+        )
+    cached_t = meta.get("temperature")
+    if cached_t is None:
+        logger.warning(
+            "The top-k teacher cache records no temperature; it must have been made at the run's temperature %g.",
+            temperature,
+        )
+    elif not math.isclose(float(cached_t), float(temperature), rel_tol=1e-9, abs_tol=1e-12):
+        raise DistillationConfigError(
+            f"the cached top-k log-probabilities were made at temperature {cached_t} but this run uses "
+            f"temperature={temperature}: recompute the cache with cache_teacher_outputs(..., top_k=..., "
+            f"temperature={temperature}) or set temperature={cached_t}"
+        )
+
+
+# ---- collation -----------------------------------------------------------------------------------------
+
+
+def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
+    if torch.is_tensor(value):
+        return value.to(dtype)
+    if isinstance(value, (list, tuple)) and value and torch.is_tensor(value[0]):
+        return torch.stack([v.to(dtype) for v in value])
+    return torch.as_tensor(value, dtype=dtype)
+
+
+class TeacherCacheCollator:
+    """Wrap a collator so that batches carry the cached teacher outputs as tensors.
+
+    The teacher columns are taken out of each example, the rest goes through `inner` (default
+    `transformers.default_data_collator`; `DataCollatorWithPadding` and the token-classification collator work
+    too), and the cached values are stacked: (B, C) for sequence-level heads, and for token-level heads
+    (B, L, C) aligned with the padded batch -- each example's stored rows go to the positions where its
+    `attention_mask` is 1 (left or right padding alike), zeros elsewhere.
+    """
+
+    def __init__(self, inner: Callable[[list[dict[str, Any]]], Any] | None = None) -> None:
+        from transformers import default_data_collator
+
+        self.inner = inner if inner is not None else default_data_collator
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        features = [dict(f) for f in features]
+        names = [c for c in TEACHER_COLUMNS if c in features[0]]
+        cached = {name: [f.pop(name) for f in features] for name in names}
+        batch = self.inner(features)
+        for name, values in cached.items():
+            dtype = torch.long if name == TEACHER_TOPK_INDICES else torch.float32
+            tensors = [_as_tensor(v, dtype) for v in values]
+            token_aligned = name in _TOKEN_ALIGNED_1D or tensors[0].dim() == 2
+            batch[name] = (
+                self._align(name, tensors, batch) if token_aligned else torch.stack(tensors)
+            )  # (B, C)
+        return batch
+
+    @staticmethod
+    def _align(name: str, tensors: list[torch.Tensor], batch: Any) -> torch.Tensor:
+        """Scatter per-example (L_i, ...) rows into a zero (B, L, ...) tensor at the real-token positions."""
+        mask = batch.get("attention_mask")
+        ids = batch.get("input_ids")
+        reference = ids if ids is not None else mask
+        if reference is None:
+            raise ValueError(
+                f"cannot align the token-level column {name!r}: the batch has neither input_ids nor attention_mask"
+            )
+        length = reference.shape[1]
+        out = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))  # (B, L, ...)
+        for b, rows in enumerate(tensors):
+            positions = (
+                mask[b].bool().nonzero().squeeze(-1)
+                if mask is not None
+                else torch.arange(min(len(rows), length))
+            )
+            if len(positions) != len(rows):
+                raise ValueError(
+                    f"example {b} of the batch has {len(positions)} real tokens but {len(rows)} cached rows in "
+                    f"{name!r}: the cache was made from differently tokenized or truncated data; recompute it "
+                    "with cache_teacher_outputs on the dataset you train on"
+                )
+            out[b, positions] = rows
+        return out
