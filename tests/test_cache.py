@@ -1,0 +1,277 @@
+"""Cached teacher outputs: same training as a live teacher, keyed so that stale logits are never reused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_classification_dataset, tiny_model
+from datasets import Dataset, load_from_disk
+from transformers import BertTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding
+
+from hf_kd import DistillationConfig, DistillationTrainer, cache_teacher_outputs, teacher_fingerprint
+from hf_kd.cache import TeacherCacheCollator, read_cache_metadata
+from hf_kd.losses import topk_soft_target_loss
+from hf_kd.validation import DistillationConfigError
+
+
+def make_args(out, **kw):
+    defaults = dict(
+        output_dir=out, per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no",
+        logging_steps=1, learning_rate=1e-3, seed=0, disable_tqdm=True, max_steps=4, temperature=2.0, alpha=0.5,
+    )  # fmt: skip
+    defaults.update(kw)
+    return DistillationConfig(**defaults)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "vocab.txt"
+    path.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"t{i}" for i in range(5, VOCAB)])
+    )
+    return BertTokenizer(vocab_file=str(path))
+
+
+def unpadded_token_dataset(n=12, seed=0) -> Dataset:
+    """Variable-length examples with per-token labels, left for the collator to pad."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for _ in range(n):
+        length = int(torch.randint(3, 10, (1,), generator=g))
+        rows["input_ids"].append([2] + torch.randint(5, VOCAB, (length - 1,), generator=g).tolist())
+        rows["attention_mask"].append([1] * length)
+        labels = torch.randint(0, 3, (length,), generator=g).tolist()
+        labels[0] = -100  # e.g. [CLS]: real token, no label
+        rows["labels"].append(labels)
+    return Dataset.from_dict(rows)
+
+
+def losses(trainer) -> list[tuple]:
+    return [(h["loss"], h["loss_kd"], h["loss_ce"]) for h in trainer.state.log_history if "loss_kd" in h]
+
+
+def assert_same_training(live, cached, init):
+    live_losses, cached_losses = losses(live), losses(cached)
+    assert len(live_losses) == 4
+    torch.testing.assert_close(torch.tensor(cached_losses), torch.tensor(live_losses), rtol=1e-5, atol=1e-6)
+    for (name, p_live), p_cached in zip(live.model.named_parameters(), cached.model.parameters()):
+        torch.testing.assert_close(p_cached, p_live, rtol=1e-5, atol=1e-6, msg=name)
+    changed = [not torch.equal(p, q.to(p.device)) for p, q in zip(live.model.parameters(), init.parameters())]
+    assert any(changed)  # the runs trained, so equality is not trivially "both did nothing"
+
+
+@pytest.mark.slow
+def test_cached_run_equals_live_run_sequence_classification(tmp_out):
+    teacher = tiny_model(num_layers=2, seed=1)
+    data = tiny_classification_dataset(n=16)
+    init = tiny_model(num_layers=1, seed=2)
+
+    live = DistillationTrainer(
+        tiny_model(num_layers=1, seed=2), make_args(tmp_out), train_dataset=data, teacher_model=teacher
+    )
+    live.train()
+    cached_data = cache_teacher_outputs(teacher, data, batch_size=5)
+    assert cached_data["teacher_logits"][0].__len__() == 3
+    cached = DistillationTrainer(
+        tiny_model(num_layers=1, seed=2), make_args(tmp_out), train_dataset=cached_data, teacher_model=None
+    )
+    assert cached.teacher is None and cached.uses_cache
+    cached.train()
+    assert_same_training(live, cached, init)
+
+
+@pytest.mark.slow
+def test_cached_run_equals_live_run_token_classification_with_padding(tmp_out, tokenizer):
+    cls = "BertForTokenClassification"
+    teacher = tiny_model(cls, num_layers=2, seed=1)
+    data = unpadded_token_dataset()
+    collator = DataCollatorForTokenClassification(tokenizer)
+    init = tiny_model(cls, num_layers=1, seed=2)
+
+    live = DistillationTrainer(
+        tiny_model(cls, num_layers=1, seed=2), make_args(tmp_out, per_device_train_batch_size=3),
+        train_dataset=data, teacher_model=teacher, data_collator=collator,
+    )  # fmt: skip
+    live.train()
+    cached_data = cache_teacher_outputs(teacher, data, batch_size=5, tokenizer=tokenizer)
+    # stored per example at its real tokens only: (L_i, C)
+    first = cached_data[0]
+    assert torch.tensor(first["teacher_logits"]).shape == (len(first["input_ids"]), 3)
+    cached = DistillationTrainer(
+        tiny_model(cls, num_layers=1, seed=2), make_args(tmp_out, per_device_train_batch_size=3),
+        train_dataset=cached_data, teacher_model=None, data_collator=collator,
+    )  # fmt: skip
+    cached.train()
+    assert_same_training(live, cached, init)
+
+
+def test_collator_scatters_token_logits_to_real_positions(tokenizer):
+    rows = [torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3) + 100]
+    features = [
+        {"input_ids": [2, 7], "attention_mask": [1, 1], "teacher_logits": rows[0].tolist()},
+        {"input_ids": [2, 7, 8, 9], "attention_mask": [1, 1, 1, 1], "teacher_logits": rows[1].tolist()},
+    ]
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        batch = TeacherCacheCollator(DataCollatorWithPadding(tokenizer))([dict(f) for f in features])
+        logits = batch["teacher_logits"]
+        assert logits.shape == (2, 4, 3) and logits.dtype == torch.float32
+        real = batch["attention_mask"].bool()
+        torch.testing.assert_close(logits[0][real[0]], rows[0])
+        torch.testing.assert_close(logits[1], rows[1])
+        assert (logits[0][~real[0]] == 0).all()
+        assert "teacher_logits" not in features[0] or isinstance(features[0]["teacher_logits"], list)
+    tokenizer.padding_side = "right"
+    # sequence-level values stack to (B, C), with the default collator inside
+    batch = TeacherCacheCollator()([{"input_ids": [1, 2], "teacher_logits": [0.5, 1.0]}] * 3)
+    assert batch["teacher_logits"].shape == (3, 2)
+    bad = [{"input_ids": [2, 7], "attention_mask": [1, 1], "teacher_logits": rows[1].tolist()}]
+    with pytest.raises(ValueError, match="2 real tokens but 4 cached rows"):
+        TeacherCacheCollator()(bad)
+
+
+def test_changed_teacher_weights_change_fingerprint_and_are_rejected(tmp_out):
+    teacher = tiny_model(num_layers=2, seed=1)
+    data = tiny_classification_dataset(n=8)
+    cached = cache_teacher_outputs(teacher, data, batch_size=8)
+    before = teacher_fingerprint(teacher)
+    assert teacher_fingerprint(tiny_model(num_layers=2, seed=1)) == before  # equal weights, equal fingerprint
+    assert read_cache_metadata(cached)["teacher_fingerprint"] == before
+    # the same teacher passes the check
+    DistillationTrainer(
+        tiny_model(num_layers=1, seed=2), make_args(tmp_out), train_dataset=cached, teacher_model=teacher
+    )
+
+    with torch.no_grad():
+        teacher.classifier.bias[0] += 1e-3
+    assert teacher_fingerprint(teacher) != before
+    with pytest.raises(DistillationConfigError, match="different teacher.*cache_teacher_outputs"):
+        DistillationTrainer(
+            tiny_model(num_layers=1, seed=2), make_args(tmp_out), train_dataset=cached, teacher_model=teacher
+        )
+
+
+def test_cache_dir_reuses_same_key_and_misses_on_changes(tmp_path):
+    teacher = tiny_model(num_layers=2, seed=1)
+    data = tiny_classification_dataset(n=8)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+
+    first = cache_teacher_outputs(teacher, data, batch_size=4, cache_dir=tmp_path)
+    assert len(calls) == 2 and len(os.listdir(tmp_path)) == 1
+    again = cache_teacher_outputs(teacher, data, batch_size=4, cache_dir=tmp_path)
+    assert len(calls) == 2  # a hit: no teacher forward
+    assert again["teacher_logits"] == first["teacher_logits"]
+    assert read_cache_metadata(again) == read_cache_metadata(first)
+
+    cache_teacher_outputs(teacher, data.select(range(4)), batch_size=4, cache_dir=tmp_path)  # other data
+    assert len(calls) == 3 and len(os.listdir(tmp_path)) == 2
+    with torch.no_grad():
+        teacher.classifier.bias[0] += 1.0
+    changed = cache_teacher_outputs(teacher, data, batch_size=4, cache_dir=tmp_path)  # other weights
+    assert len(calls) == 5 and len(os.listdir(tmp_path)) == 3
+    diff = torch.tensor(changed["teacher_logits"]) - torch.tensor(first["teacher_logits"])
+    torch.testing.assert_close(diff[:, 0], torch.ones(8))
+
+
+def test_metadata_survives_disk_round_trip_and_dataset_operations(tmp_path):
+    data = tiny_classification_dataset(n=8)
+    data.info.description = "my data"
+    cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), data, top_k=2, temperature=3.0)
+    meta = read_cache_metadata(cached)
+    assert (
+        meta["top_k"] == 2 and meta["temperature"] == 3.0 and meta["dataset_fingerprint"] == data._fingerprint
+    )
+    assert read_cache_metadata(data) is None and data.info.description == "my data"  # input left alone
+    cached.save_to_disk(str(tmp_path / "c"))
+    loaded = load_from_disk(str(tmp_path / "c"))
+    assert read_cache_metadata(loaded) == meta
+    for derived in (loaded.select([0, 1]), loaded.shuffle(seed=0), loaded.map(lambda e: e)):
+        assert read_cache_metadata(derived) == meta
+
+
+def test_topk_cache_holds_sorted_tempered_log_probs():
+    teacher = tiny_model(num_layers=2, seed=1, num_labels=5)
+    data = tiny_classification_dataset(n=6, num_labels=5)
+    cached = cache_teacher_outputs(teacher, data, top_k=2, temperature=2.0)
+    with torch.no_grad():
+        logits = teacher(
+            input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])
+        ).logits
+    expected = torch.log_softmax(logits / 2.0, -1).sort(-1, descending=True)
+    torch.testing.assert_close(
+        torch.tensor(cached["teacher_topk_log_probs"]), expected.values[:, :2], rtol=1e-5, atol=1e-5
+    )
+    assert torch.equal(torch.tensor(cached["teacher_topk_indices"]), expected.indices[:, :2])
+    assert "teacher_logits" not in cached.column_names
+
+
+def test_topk_with_all_classes_equals_full_kd_loss(tmp_out):
+    teacher = tiny_model(num_layers=2, seed=1)
+    data = tiny_classification_dataset(n=8)
+    T = 2.0
+    topk = cache_teacher_outputs(teacher, data, top_k=3, temperature=T)
+    student_logits = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        teacher_logits = teacher(
+            input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])
+        ).logits
+    # direct formula: T^2 * sum_c p_t (log p_t - log p_s)
+    p_t = torch.softmax(teacher_logits / T, -1)
+    direct = (T**2 * (p_t * (p_t.log() - torch.log_softmax(student_logits / T, -1))).sum(-1)).mean()
+    got = topk_soft_target_loss(
+        student_logits,
+        torch.tensor(topk["teacher_topk_log_probs"]),
+        torch.tensor(topk["teacher_topk_indices"]),
+        T,
+    )
+    torch.testing.assert_close(got, direct, rtol=1e-4, atol=1e-5)
+
+    # and through the trainer: the first logged KD term equals that of a full-logit cache
+    full = cache_teacher_outputs(teacher, data)
+    runs = []
+    for cached in (topk, full):
+        trainer = DistillationTrainer(
+            tiny_model(num_layers=1, seed=2),
+            make_args(tmp_out, max_steps=1, temperature=T),
+            train_dataset=cached,
+        )
+        trainer.train()
+        runs.append(losses(trainer)[0])
+    torch.testing.assert_close(torch.tensor(runs[0]), torch.tensor(runs[1]), rtol=1e-4, atol=1e-5)
+
+
+def test_topk_cache_rejects_other_temperature_and_schedules(tmp_out):
+    cached = cache_teacher_outputs(
+        tiny_model(num_layers=2, seed=1), tiny_classification_dataset(n=8), top_k=2, temperature=2.0
+    )
+    student = tiny_model(num_layers=1, seed=2)
+    with pytest.raises(DistillationConfigError, match=r"temperature 2.0 but this run uses temperature=4.0"):
+        DistillationTrainer(student, make_args(tmp_out, temperature=4.0), train_dataset=cached)
+    with pytest.raises(DistillationConfigError, match="temperature_schedule='linear'.*top_k=None"):
+        DistillationTrainer(
+            student,
+            make_args(tmp_out, temperature_schedule="linear", temperature_final=1.0),
+            train_dataset=cached,
+        )
+    with pytest.raises(ValueError, match="pass temperature="):
+        cache_teacher_outputs(tiny_model(num_layers=2, seed=1), tiny_classification_dataset(n=4), top_k=2)
+
+
+def test_cache_class_count_must_match_student(tmp_out):
+    cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), tiny_classification_dataset(n=8))
+    student = tiny_model(num_layers=1, seed=2, num_labels=2)
+    with pytest.raises(
+        DistillationConfigError, match="cached teacher logits have 3 classes but the student has 2"
+    ):
+        DistillationTrainer(student, make_args(tmp_out, alpha=1.0), train_dataset=cached)
+
+
+def test_cached_logits_cannot_feed_intermediate_losses(tmp_out):
+    cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), tiny_classification_dataset(n=8))
+    with pytest.raises(DistillationConfigError, match="need a live teacher"):
+        DistillationTrainer(
+            tiny_model(num_layers=1, seed=2), make_args(tmp_out, hidden_weight=1.0), train_dataset=cached
+        )
