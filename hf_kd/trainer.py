@@ -15,6 +15,8 @@ the update for batch 4 x accumulation 2, for sequence- and token-level heads ali
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 from dataclasses import fields
@@ -112,6 +114,28 @@ def _nonfinite(*tensors: torch.Tensor | None) -> torch.Tensor:
     """True where any tensor holds NaN or +inf (-inf is a legitimate masked logit)."""
     flags = [torch.isnan(t).any() | torch.isposinf(t).any() for t in tensors if t is not None]
     return torch.stack(flags).any()
+
+
+def _with_projected(output: Any, projected: tuple[torch.Tensor, ...]) -> Any:
+    """`output` plus the projected hidden states under PROJECTED_KEY, as a real field of its ModelOutput type.
+
+    DDP flattens a forward's output to a pytree and rebuilds it with `type(output)(**fields)`; a key merely set
+    on a ModelOutput is not a dataclass field, so the rebuild raises TypeError. A subclass with the extra field
+    survives the round trip (and is still an instance of the original output class).
+    """
+    from transformers.utils import ModelOutput
+
+    if not isinstance(output, ModelOutput):
+        output[PROJECTED_KEY] = projected
+        return output
+    return _output_type_with_projected(type(output))(**output, **{PROJECTED_KEY: projected})
+
+
+@functools.cache
+def _output_type_with_projected(cls: type) -> type:
+    extended = dataclasses.make_dataclass(cls.__name__, [(PROJECTED_KEY, Any, None)], bases=(cls,))
+    extended.__module__ = cls.__module__
+    return extended
 
 
 class DistillationTrainer(Trainer):
@@ -317,13 +341,13 @@ class DistillationTrainer(Trainer):
                 if hidden is None:
                     return output
                 projections = getattr(module, PROJECTIONS_ATTR, None)
-                output[PROJECTED_KEY] = tuple(
+                projected = tuple(
                     projections(p.student_layer, hidden[p.student_layer])
                     if projections is not None
                     else hidden[p.student_layer]
                     for p in pairs
                 )
-                return output
+                return _with_projected(output, projected)
 
             self._projection_hook = student.register_forward_hook(project, with_kwargs=True)
 
