@@ -6,10 +6,14 @@ way out, so a mistake costs seconds, not the hours of a run that would have trai
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 class DistillationConfigError(ValueError):
@@ -53,11 +57,29 @@ def _is_default_label_names(names: Sequence[str]) -> bool:
     return all(name == f"LABEL_{i}" for i, name in enumerate(names))
 
 
+def _check_label2id(config: Any, role: str) -> None:
+    """A config's label2id must be the inverse of its id2label: metrics, pipelines and the Hub read label2id."""
+    id2label = getattr(config, "id2label", None) or {}
+    label2id = getattr(config, "label2id", None) or {}
+    if not id2label or not label2id:
+        return
+    expected = {name: int(i) for i, name in id2label.items()}
+    given = {name: int(i) for name, i in label2id.items()}
+    if given != expected:
+        raise DistillationConfigError(
+            f"the {role}'s label2id {given} disagrees with its id2label {dict(sorted(id2label.items()))}: the "
+            f"{role} would report one class under another's name; set label2id={expected} (the inverse of "
+            "id2label) in its config"
+        )
+
+
 def check_label_spaces(student: nn.Module, teacher: nn.Module, teacher_name: str = "teacher") -> None:
     """Same number of labels and the same id2label order (when both name their labels)."""
     s_cfg, t_cfg = _config(student), _config(teacher)
     if s_cfg is None or t_cfg is None:
         return
+    _check_label2id(s_cfg, "student")
+    _check_label2id(t_cfg, teacher_name)
     s_names, t_names = _label_names(s_cfg), _label_names(t_cfg)
     s_n, t_n = getattr(s_cfg, "num_labels", None), getattr(t_cfg, "num_labels", None)
     if s_n is not None and t_n is not None and s_n != t_n:
@@ -124,6 +146,13 @@ def check_teacher_is_separate(student: nn.Module, teacher: nn.Module) -> None:
             "teacher_model is the same object as the student model: training would update the teacher too. "
             "Load the teacher separately (from_pretrained again, or copy.deepcopy(model))"
         )
+    for name, module in student.named_modules():
+        if module is teacher:
+            raise DistillationConfigError(
+                f"the teacher is a submodule of the student (student.{name}): the optimizer builds its groups from "
+                "student.parameters(), so the teacher would be trained too. Keep the teacher outside the student "
+                "(del student." + name + ") and pass it only as teacher_model"
+            )
     shared = {id(p) for p in student.parameters()} & {id(p) for p in teacher.parameters()}
     if shared:
         raise DistillationConfigError(
@@ -131,3 +160,244 @@ def check_teacher_is_separate(student: nn.Module, teacher: nn.Module) -> None:
             "the other's modules): the student's updates would change the teacher. Give the student its own "
             "copy of the weights (copy.deepcopy)"
         )
+
+
+# ---- checks that need more than the two models: tokenizers, optimizer, data ------------------------------
+
+# Fixed strings for the tokenizer spot check: plain words, casing, digits, punctuation, accents, a rare word.
+TOKENIZER_PROBES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Knowledge distillation: 3 students, 1 teacher!",
+    "Naïve café owners in Zürich don't tokenize alike.",
+)
+
+
+def check_tokenizers(
+    student_tokenizer: Any, teacher_tokenizer: Any, probes: Sequence[str] = TOKENIZER_PROBES
+) -> None:
+    """Teacher and student read the same input_ids, so both tokenizers must map text to the same ids.
+
+    Compares the ids of a few fixed strings; skipped when either tokenizer is missing or is not callable on text
+    (an image processor, for example).
+    """
+    if student_tokenizer is None or teacher_tokenizer is None or student_tokenizer is teacher_tokenizer:
+        return
+    if not (callable(student_tokenizer) and callable(teacher_tokenizer)):
+        return
+    for text in probes:
+        try:
+            s_ids = list(student_tokenizer(text)["input_ids"])
+            t_ids = list(teacher_tokenizer(text)["input_ids"])
+        except (TypeError, KeyError, ValueError):
+            return  # not a text tokenizer
+        if s_ids != t_ids:
+            raise DistillationConfigError(
+                f"the student's and the teacher's tokenizers disagree on {text!r}: student ids {s_ids[:12]}, "
+                f"teacher ids {t_ids[:12]}. Both models read the same input_ids, so the teacher would see other "
+                "tokens than the student: use the teacher's tokenizer for the student (hf_kd.make_student builds "
+                "such a student), or cache the teacher's logits on its own tokenization"
+            )
+
+
+def _accepts(model: nn.Module, argument: str) -> bool:
+    target = getattr(model, "module", model)
+    try:
+        params = inspect.signature(target.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return argument in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def check_intermediate_outputs(model: nn.Module, role: str, hidden: bool, attention: bool) -> None:
+    """Hidden-state and attention losses need a forward that returns them and a config that counts layers."""
+    wanted = [
+        (hidden, "output_hidden_states", "hidden_weight/embedding_weight"),
+        (attention, "output_attentions", "attention_weight"),
+    ]
+    for needed, argument, weights in wanted:
+        if needed and not _accepts(model, argument):
+            raise DistillationConfigError(
+                f"{weights} > 0 needs the {role}'s hidden states or attentions, but {type(model).__name__}.forward "
+                f"takes no {argument} argument: set {weights} to 0 (distil logits only), or use a transformers "
+                "model that returns them"
+            )
+    config = _config(model)
+    if (hidden or attention) and not any(
+        getattr(config, n, None) is not None for n in ("num_hidden_layers", "n_layers", "num_layers")
+    ):
+        raise DistillationConfigError(
+            f"intermediate-layer losses need the {role}'s layer count, but {type(model).__name__} has no "
+            "num_hidden_layers in its config: set hidden_weight, attention_weight and embedding_weight to 0, or "
+            "give the model a config with num_hidden_layers"
+        )
+
+
+def check_optimizer_excludes_teacher(optimizer: Any, teachers: Sequence[nn.Module]) -> None:
+    """An optimizer passed through `optimizers=(opt, sched)` must not hold the teacher's parameters."""
+    if optimizer is None:
+        return
+    held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group.get("params", [])}
+    for i, teacher in enumerate(teachers):
+        n = sum(1 for p in teacher.parameters() if id(p) in held)
+        if n:
+            name = "teacher" if len(teachers) == 1 else f"teacher {i}"
+            raise DistillationConfigError(
+                f"the optimizer passed in optimizers=(optimizer, scheduler) holds {n} parameter tensors of the "
+                f"{name}: its steps (weight decay included) would change the teacher. Build the optimizer from "
+                "the student's parameters only, e.g. torch.optim.AdamW(student.parameters())"
+            )
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """Longest input a model with a learned absolute position table can take, or None when unbounded.
+
+    Read from the position-embedding table itself, so rotary/relative models (no table) are not limited, and
+    RoBERTa-style tables that start counting after the padding index give the usable length.
+    """
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Embedding) and leaf in ("position_embeddings", "wpe", "embed_positions"):
+            offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+            # OPT-style learned tables carry a fixed offset of 2 in the module itself.
+            offset = max(offset, int(getattr(module, "offset", 0) or 0))
+            return module.num_embeddings - offset
+    return None
+
+
+def _arrow_column(dataset: Any, name: str) -> Any:
+    """The pyarrow column of a `datasets.Dataset`, with its indices mapping applied, or None."""
+    table = getattr(getattr(dataset, "data", None), "table", None)
+    if table is None or name not in getattr(table, "column_names", ()):
+        return None
+    column = table.column(name)
+    indices = getattr(dataset, "_indices", None)
+    if indices is not None:
+        column = column.take(indices.column(0))
+    return column
+
+
+def input_stats(dataset: Any) -> tuple[int, int] | None:
+    """(longest input_ids, largest token id) of a `datasets.Dataset`, read from Arrow without a Python loop."""
+    column = _arrow_column(dataset, "input_ids")
+    if column is None or len(column) == 0:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        return None
+    longest = pc.max(pc.list_value_length(column)).as_py() or 0
+    largest = pc.max(pc.list_flatten(column)).as_py()
+    return int(longest), int(largest) if largest is not None else -1
+
+
+def check_inputs_fit(
+    dataset: Any,
+    models: Sequence[tuple[str, nn.Module]],
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> None:
+    """Token ids inside every model's vocabulary and lengths within every model's position table.
+
+    The data is checked when it is a `datasets.Dataset` with an input_ids column (its longest row and largest
+    id, both read from Arrow). An id or a position past a table would otherwise fail deep inside an embedding
+    lookup ("index out of range in self") at the first batch that holds it, maybe hours into a run.
+    """
+    stats = input_stats(dataset)
+    for role, model in models:
+        limit = position_limit(model)
+        vocab = getattr(_config(model), "vocab_size", None)
+        if stats is not None:
+            longest, largest = stats
+            if limit is not None and longest > limit:
+                raise DistillationConfigError(
+                    f"the training data holds input_ids of length {longest}, but the {role} "
+                    f"({type(model).__name__}) has position embeddings for {limit} tokens: tokenize with "
+                    f"truncation=True, max_length={limit} (or a model with a longer position table)"
+                )
+            if vocab is not None and largest >= vocab:
+                raise DistillationConfigError(
+                    f"the training data holds token id {largest}, but the {role}'s vocabulary has {vocab} "
+                    f"tokens (ids 0..{vocab - 1}): teacher and student read the same input_ids, so both need "
+                    "the tokenizer the data was made with; resize the embeddings or build the student from the "
+                    "teacher (hf_kd.make_student)"
+                )
+        if limit is None:
+            continue
+        configured = [("max_length", max_length)]
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and tok_max < 1_000_000:  # transformers' "no limit" sentinel is ~1e30
+            configured.append(("the tokenizer's model_max_length", tok_max))
+        for what, value in configured:
+            if value is not None and value > limit and stats is None:
+                # Without the data in hand, a longer configured length is only a risk, not a fact.
+                logger.warning(
+                    "%s=%d exceeds the %s's position limit of %d tokens: longer inputs will fail in the "
+                    "embedding lookup; tokenize with max_length<=%d.",
+                    what,
+                    value,
+                    role,
+                    limit,
+                    limit,
+                )
+
+
+def check_cached_logits(dataset: Any, student: nn.Module, task: str, samples: int = 8) -> None:
+    """Token-aligned cached teacher outputs must cover each example's real tokens, position for position.
+
+    `hf_kd.cache.check_cache_fits` checks the class count against the student; this adds the sequence axis: a
+    cache made on another tokenization, padding or truncation has rows of other lengths, and the collator would
+    then put teacher logits at the wrong positions. Checked on `samples` evenly spaced rows, read from Arrow.
+    """
+    from .teacher import TEACHER_END_LOGITS, TEACHER_LOGITS, TEACHER_START_LOGITS
+
+    aligned = [TEACHER_START_LOGITS, TEACHER_END_LOGITS]
+    if task in TOKEN_LEVEL_TASKS:
+        aligned.append(TEACHER_LOGITS)
+    ids = _arrow_column(dataset, "input_ids")
+    if ids is None or len(ids) == 0:
+        return
+    mask = _arrow_column(dataset, "attention_mask")
+    n = len(ids)
+    rows = sorted({round(k * (n - 1) / max(samples - 1, 1)) for k in range(min(samples, n))})
+    for name in aligned:
+        column = _arrow_column(dataset, name)
+        if column is None:
+            continue
+        for row in rows:
+            cached = column[row].as_py()
+            # The cache stores the rows of real tokens only (attention_mask 1); padding is not stored.
+            expected = sum(mask[row].as_py()) if mask is not None else len(ids[row].as_py())
+            if cached is not None and len(cached) != expected:
+                raise DistillationConfigError(
+                    f"cached {name} of example {row} cover {len(cached)} positions but the example has "
+                    f"{expected} tokens: the cache was made on another tokenization, padding or truncation of "
+                    "the data; recompute it with hf_kd.cache_teacher_outputs(teacher, dataset) on this dataset"
+                )
+
+
+def check_setup(
+    student: nn.Module,
+    teachers: Sequence[nn.Module],
+    args: Any,
+    train_dataset: Any,
+    task: str,
+    student_tokenizer: Any = None,
+    teacher_tokenizer: Any = None,
+    optimizer: Any = None,
+) -> None:
+    """Every construction-time check that needs more than a teacher/student pair; called by the trainer."""
+    for teacher in teachers:
+        t_tok = teacher_tokenizer if teacher_tokenizer is not None else getattr(teacher, "tokenizer", None)
+        check_tokenizers(student_tokenizer, t_tok)
+    if teachers and getattr(args, "uses_intermediate_layers", False):
+        hidden = args.hidden_weight > 0 or args.embedding_weight > 0
+        attention = args.attention_weight > 0
+        check_intermediate_outputs(student, "student", hidden, attention)
+        check_intermediate_outputs(teachers[0], "teacher", hidden, attention)
+    check_optimizer_excludes_teacher(optimizer, teachers)
+    models = [("student", student)] + [
+        ("teacher" if len(teachers) == 1 else f"teacher {i}", t) for i, t in enumerate(teachers)
+    ]
+    check_inputs_fit(train_dataset, models, student_tokenizer, getattr(args, "max_length", None))
+    check_cached_logits(train_dataset, student, task)
