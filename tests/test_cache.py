@@ -275,3 +275,14 @@ def test_cached_logits_cannot_feed_intermediate_losses(tmp_out):
         DistillationTrainer(
             tiny_model(num_layers=1, seed=2), make_args(tmp_out, hidden_weight=1.0), train_dataset=cached
         )
+
+
+def test_uncached_eval_data_without_teacher_says_what_to_do(tmp_out):
+    data = tiny_classification_dataset(n=8)
+    cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), data)
+    trainer = DistillationTrainer(
+        tiny_model(num_layers=1, seed=2), make_args(tmp_out, per_device_eval_batch_size=4),
+        train_dataset=cached, eval_dataset=data,
+    )  # fmt: skip
+    with pytest.raises(DistillationConfigError, match="no cached teacher logits and no teacher_model"):
+        trainer.evaluate()

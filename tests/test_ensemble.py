@@ -119,3 +119,23 @@ def test_mismatched_label_spaces_in_ensemble_are_rejected(tmp_out):
         DistillationTrainer(
             student, make_args(tmp_out), train_dataset=data, teacher_model=[good, good], teacher_weights=[1.0]
         )
+
+
+def test_teacher_agreement_follows_ensemble_weights(tmp_out):
+    """eval_teacher_agreement compares the student with the weighted ensemble: weights [1, 0] = first teacher."""
+    first, second = tiny_model(num_layers=2, seed=1), tiny_model(num_layers=2, seed=3)
+    data = tiny_classification_dataset(n=8)
+    inputs = {k: torch.tensor(data[k]) for k in ("input_ids", "attention_mask")}
+    student = tiny_model(num_layers=1, seed=2).eval()
+    with torch.no_grad():
+        student_pred = student(**inputs).logits.argmax(-1)
+        first_pred = first(**inputs).logits.argmax(-1)
+        # make the second teacher certain of the student's class, so that an unweighted mean would agree more
+        second.classifier.bias.copy_(torch.nn.functional.one_hot(student_pred[0], 3) * 100.0)
+    trainer = DistillationTrainer(
+        student, make_args(tmp_out, per_device_eval_batch_size=4), eval_dataset=data,
+        teacher_model=[first, second], teacher_weights=[1.0, 0.0],
+    )  # fmt: skip
+    expected = (student_pred == first_pred).double().mean().item()
+    assert trainer.evaluate()["eval_teacher_agreement"] == pytest.approx(expected)
+    assert expected < (student_pred == student_pred[0]).double().mean().item()  # the weights matter here
