@@ -117,9 +117,9 @@ def run(name: str, precision: dict, teacher_dtype: str, train_data, out_dir: str
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train_data, teacher_model=teacher, callbacks=[timer.callback]
     )
-    from transformers.trainer_callback import PrintCallback
+    from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrintCallback)  # keep the output to the table; losses are checked below
+    trainer.remove_callback(PrinterCallback)  # keep the output to the table; losses are checked below
     trainer.train()
     peak = torch.cuda.max_memory_allocated()
 
