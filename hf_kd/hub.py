@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 IGNORE_PATTERNS = (
     "_*",
     "checkpoint-*",
+    # The pickled TrainingArguments carry `hub_token` in clear; the card and hf_kd_card.json hold the settings.
+    "training_args.bin",
+    "*/training_args.bin",
     ".git/*",
     ".cache/*",
     f"*{PROJECTIONS_ATTR}*",
@@ -129,11 +132,11 @@ def _describe_failure(err: BaseException) -> str:
 def _push_error(
     err: BaseException, what: str, output_dir: str, repo_id: str | None, n_files: int
 ) -> HubPushError:
-    failure = _describe_failure(err) or f"{type(err).__name__}: {err}"
+    failure = (_describe_failure(err) or f"{type(err).__name__}: {err}").strip().rstrip(".")
     return HubPushError(
-        f"{what} failed: {failure}. The local output directory {output_dir} is complete ({n_files} files to "
-        f"publish) and was not changed; push again once the Hub is reachable: `hf-kd push {output_dir} "
-        f"--repo-id {repo_id or '<name>'}` or trainer.push_to_hub()"
+        f"{what} failed: {failure}. The local output directory {output_dir} is complete ({n_files} files ready "
+        f"to publish); push again once the Hub is reachable: `hf-kd push {output_dir} --repo-id "
+        f"{repo_id or '<name>'}` or trainer.push_to_hub()"
     )
 
 

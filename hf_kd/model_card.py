@@ -369,7 +369,7 @@ def create_distillation_model_card(
     sizes = {"student": size_on_disk(output_dir)}
     if sizes["student"] is None:
         logger.warning(
-            "No saved weights in %s yet: the card's student size is the in-memory size of the weights. Call "
+            "No saved weights in %s yet: the card gives the size the measurement saved to a temporary directory. Call "
             "trainer.save_model() first to report the size on disk.",
             output_dir,
         )

@@ -233,3 +233,20 @@ def test_template_is_found_inside_the_package():
     packaged = Path(hf_kd.__file__).resolve().parent / "model_cards" / "distilled_student.md"
     assert packaged.is_file()
     assert template_path() == packaged
+
+
+def test_given_metrics_are_used_as_is_and_share_kept_is_their_ratio(card_run, tmp_path):
+    from hf_kd import create_distillation_model_card
+
+    card = create_distillation_model_card(
+        card_run["trainer"],
+        tmp_path,
+        teacher_metrics={"eval_accuracy": 0.8, "eval_runtime": 1.0},
+        student_metrics={"eval_accuracy": 0.6, "eval_loss": 0.3},
+        measure=False,
+    )
+    text = str(card)
+    assert table_row(text, "accuracy (eval)") == ["0.8000", "0.6000", "75.0%"]
+    assert table_row(text, "loss") == ["0.3000"]  # the distillation loss is the student's alone, not compared
+    assert "runtime" not in text and "| Parameters |" not in text
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", 0.6)]
