@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -182,10 +183,14 @@ def _push_args(output_dir, repo_id, *extra):
     )
 
 
-def test_cli_dry_run_lists_files_without_network_then_push_sends_exactly_them(pushed, monkeypatch, capsys):
+def test_cli_dry_run_lists_files_without_network_then_push_sends_exactly_them(
+    pushed, monkeypatch, capsys, tmp_path
+):
+    from hf_kd.cli import main
     from hf_kd.hub import run_push_command
 
-    out = pushed["out"]
+    out = str(tmp_path / "trained")
+    shutil.copytree(pushed["out"], out)
     # A projections file next to the student (as if copied from a checkpoint) must stay local.
     os.makedirs(os.path.join(out, "checkpoint-2"), exist_ok=True)
     with open(os.path.join(out, "hf_kd_projections.safetensors"), "wb") as f:
@@ -200,12 +205,15 @@ def test_cli_dry_run_lists_files_without_network_then_push_sends_exactly_them(pu
         with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
             assert 'from_pretrained("hf-kd-tests/cli-student")' in f.read()  # card re-rendered for this repo
 
+        # The console script reaches the same command.
+        assert main(["push", out, "--repo-id", "hf-kd-tests/cli-student", "--dry-run"]) == 0
+        assert [line.strip() for line in capsys.readouterr().out.splitlines()[1:]] == listed
+        assert server.requests == []
+
         assert run_push_command(_push_args(out, "hf-kd-tests/cli-student", "--private")) == 0
     assert sorted(server.files("hf-kd-tests/cli-student")) == sorted(listed)
     assert server.repos["hf-kd-tests/cli-student"].private
     assert server.unhandled == []
-    os.remove(os.path.join(out, "hf_kd_projections.safetensors"))
-    os.rmdir(os.path.join(out, "checkpoint-2"))
 
 
 def test_failed_commit_names_the_request_keeps_the_directory_and_retry_succeeds(pushed, monkeypatch):
