@@ -140,7 +140,7 @@ def _push_error(
     )
 
 
-def _api(token: str | None = None) -> Any:
+def _api() -> Any:
     # Transformers' shared client: the Hub sees the same library tag as Trainer's own pushes.
     from transformers.utils.hub import hf_api
 
@@ -201,6 +201,9 @@ def push_distilled_model(
     try:
         if create_repo:
             repo_id = api.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
+        if revision not in (None, "main"):
+            # A commit to a branch that does not exist yet is refused; start it from main.
+            api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
         operations = [
             CommitOperationAdd(path_in_repo=f, path_or_fileobj=os.path.join(output_dir, f)) for f in files
         ]

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 USER = "hf-kd-tester"
 _REPO_PATH = re.compile(
-    r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit|revision)/(?P<rev>.+)$"
+    r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit|revision|branch)/(?P<rev>.+)$"
 )
 _REPO_INFO = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)$")
 
@@ -194,6 +194,12 @@ class HubServer:
                 )
             if m["action"] == "commit" and method == "POST":
                 return self._commit(repo, m["rev"], body)
+            if m["action"] == "branch" and method == "POST":
+                with self._lock:
+                    if m["rev"] in repo.branches:
+                        return 409, {"error": f"Reference {m['rev']} already exists"}, {}
+                    repo.branches[m["rev"]] = dict(repo.branches["main"])
+                return 200, {}, {}
             if m["action"] == "revision" and method == "GET":
                 return self._info(repo, m["rev"])
         m = _REPO_INFO.match(path)
@@ -221,7 +227,9 @@ class HubServer:
                 return 400, {"error": f"unsupported commit operation {line['key']!r}"}, {}
         oid = hashlib.sha1(body).hexdigest()
         with self._lock:
-            branch = repo.branches.setdefault(revision, dict(repo.branches["main"]))
+            branch = repo.branches.get(revision)
+            if branch is None:
+                return 404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"}
             for path in deleted:
                 for name in [n for n in branch if n == path or n.startswith(path.rstrip("/") + "/")]:
                     del branch[name]

@@ -211,7 +211,11 @@ def test_cli_dry_run_lists_files_without_network_then_push_sends_exactly_them(
         assert server.requests == []
 
         assert run_push_command(_push_args(out, "hf-kd-tests/cli-student", "--private")) == 0
+        # --revision commits to a branch, created from main when it does not exist yet.
+        assert run_push_command(_push_args(out, "hf-kd-tests/cli-student", "--revision", "dev")) == 0
     assert sorted(server.files("hf-kd-tests/cli-student")) == sorted(listed)
+    assert sorted(server.files("hf-kd-tests/cli-student", "dev")) == sorted(listed)
+    assert [c.revision for c in server.repos["hf-kd-tests/cli-student"].commits] == ["main", "dev"]
     assert server.repos["hf-kd-tests/cli-student"].private
     assert server.unhandled == []
 
