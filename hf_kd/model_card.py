@@ -229,7 +229,8 @@ def _evaluate_teacher(trainer: Any, teacher: Any) -> dict[str, float]:
             output_dir=tmp,
             per_device_eval_batch_size=a.per_device_eval_batch_size,
             use_cpu=a.use_cpu,
-            bf16=a.bf16,
+            bf16=a.bf16,  # the process-wide accelerate state refuses a second precision setting
+            fp16=a.fp16,
             label_names=a.label_names,
             remove_unused_columns=a.remove_unused_columns,
             dataloader_num_workers=0,
