@@ -4,7 +4,8 @@ For the embedded default (the demo's models: all-MiniLM-L6-v2 fine-tuned on BBC 
 distilled from it), print one table of parameters, size on disk, median latency at batch 1 and 32 (sequence
 length 128) and test accuracy on the BBC News test split (`hf_kd.data.load_bbc_news`, same seeded split as the
 demo). Optional rows: the student trained without distillation (`--baseline`), and the distilled student with
-attention heads pruned then re-distilled from the teacher (`--prune-heads N --recover-steps S`).
+attention heads pruned then re-distilled from the teacher (`--prune-heads N --recover-steps S`). "int8" quantizes
+the linear layers; "int8+emb" also stores the word-embedding table as int8 (most of a small student's bytes).
 
     hf-kd demo --output-dir hf_kd_demo                 # writes teacher/, student_distilled/, student_baseline/
     python bench/compression.py --demo-dir hf_kd_demo  # the table

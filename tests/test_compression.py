@@ -57,6 +57,9 @@ def test_parameter_counts_match_the_architecture():
     assert count_parameters(model) == bert_classifier_parameters(3, 32, 64, 3)
     # int8 weights count by their number of elements, like the float weights they replace.
     assert count_parameters(quantize_dynamic_int8(model)) == bert_classifier_parameters(3, 32, 64, 3)
+    assert count_parameters(quantize_dynamic_int8(model, embeddings=True)) == bert_classifier_parameters(
+        3, 32, 64, 3
+    )
 
 
 def test_size_is_the_safetensors_file_float32_data_plus_header(tmp_path):
@@ -111,6 +114,13 @@ def test_int8_predictions_agree_with_float_and_the_file_is_smaller(tmp_path):
     # Linear weights go from 4 bytes to 1; embeddings, LayerNorms and biases stay float32.
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert int8_size < float_size - 2.5 * linear
+    # With the word table in int8 too (1 byte per entry plus a float scale and offset per row).
+    with_embeddings = quantize_dynamic_int8(model, embeddings=True)
+    word = model.get_input_embeddings().weight.numel()
+    assert model_size_bytes(with_embeddings) < int8_size - 2.5 * word
+    with torch.no_grad():
+        agreement = (with_embeddings(input_ids=ids).logits.argmax(-1) == float_pred).float().mean().item()
+    assert agreement >= 0.9
 
 
 def test_int8_save_and_load_give_identical_outputs(tmp_path):
@@ -127,6 +137,15 @@ def test_int8_save_and_load_give_identical_outputs(tmp_path):
         assert reloaded.bert.encoder.layer[1].attention.self.query.weight().shape == (16, 32)
     with pytest.raises(ValueError, match="no int8 layers"):
         save_quantized(model, tmp_path / "float")
+
+    with_embeddings = quantize_dynamic_int8(model, embeddings=True)
+    save_quantized(with_embeddings, tmp_path / "emb")
+    reloaded = load_quantized(tmp_path / "emb")
+    assert type(reloaded.bert.embeddings.word_embeddings).__name__ == "Embedding"  # the quantized one
+    assert type(reloaded.bert.embeddings.word_embeddings).__module__.startswith("torch.ao.nn.quantized")
+    ids = torch.randint(5, VOCAB, (4, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, with_embeddings(input_ids=ids).logits)
 
 
 def test_measure_model_bookkeeping():
