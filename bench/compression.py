@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("teacher", teacher),
         ("student distilled", distilled),
         ("student distilled int8", quantize_dynamic_int8(distilled)),
+        ("student distilled int8+emb", quantize_dynamic_int8(distilled, embeddings=True)),
     ]
     if args.baseline:
         rows.append(("student no KD", load_model(dirs["baseline"])))
@@ -217,7 +218,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
         rows.append((f"student distilled -{args.prune_heads} heads", pruned))
-        rows.append((f"student distilled -{args.prune_heads} heads int8", quantize_dynamic_int8(pruned)))
+        rows.append(
+            (
+                f"student distilled -{args.prune_heads} heads int8+emb",
+                quantize_dynamic_int8(pruned, embeddings=True),
+            )
+        )
 
     measurements, scores = [], {}
     for name, model in rows:
