@@ -49,9 +49,10 @@ def kl_from_log_probs(student_log_probs: Tensor, teacher_log_probs: Tensor) -> T
     and a class the student masks (-inf) where the teacher puts no mass contributes 0 too.
     """
     teacher_probs = teacher_log_probs.exp()  # (..., C)
-    diff = teacher_log_probs - student_log_probs
-    terms = torch.where(teacher_probs > 0, teacher_probs * diff, torch.zeros_like(diff))
-    return terms.sum(dim=-1)  # (...)
+    # Mask the difference before multiplying: where both are -inf it is NaN, and NaN * 0 in the backward pass
+    # would turn every gradient NaN even though the forward value ignores those classes.
+    diff = torch.where(teacher_probs > 0, teacher_log_probs - student_log_probs, torch.zeros_like(teacher_probs))
+    return (teacher_probs * diff).sum(dim=-1)  # (...)
 
 
 def soft_target_loss(
@@ -103,7 +104,12 @@ def ensemble_log_probs(
     log_w = torch.tensor([w / total for w in weights], dtype=torch.float32, device=teacher_logits[0].device).log()
     stacked = torch.stack([_finite_log_softmax(t, temperature) for t in teacher_logits])  # (N, ..., C)
     log_w = log_w.view(n, *([1] * (stacked.dim() - 1)))
-    return torch.logsumexp(stacked + log_w, dim=0)  # (..., C)
+    weighted = stacked + log_w  # (N, ..., C)
+    # A class every teacher masks (-inf) stays -inf; logsumexp's gradient there is exp(-inf - -inf) = NaN, so
+    # such classes go through logsumexp as 0 and are set back to -inf afterwards.
+    masked = torch.isneginf(weighted).all(dim=0)  # (..., C)
+    combined = torch.logsumexp(torch.where(masked, torch.zeros_like(weighted), weighted), dim=0)
+    return torch.where(masked, torch.full_like(combined, float("-inf")), combined)  # (..., C)
 
 
 def topk_soft_target_loss(
