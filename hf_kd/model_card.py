@@ -400,7 +400,8 @@ def create_distillation_model_card(
         "tags": list(tags or []),
         "pipeline_tag": pipeline_tag or default_pipeline,
         "auto_class": auto_class,
-        "recipe": summary,
+        # Teachers loaded from local folders appear by folder name: the card and its JSON are published.
+        "recipe": {**summary, "teachers": [_display_name(t, "teacher") for t in summary.get("teachers", [])]},
         "teacher_metrics": dict(teacher_metrics),
         "student_metrics": dict(student_metrics),
         "measurements": measurements,
