@@ -14,6 +14,7 @@ with p = softmax(logits / T). `alpha = 1` is pure distillation, `alpha = 0` is p
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +46,17 @@ def parse_layer_map(value: Any) -> str | dict[int, int]:
         text = value.strip()
         if text in LAYER_MAP_STRATEGIES:
             return text
-        if text.startswith("{"):
-            return parse_layer_map(json.loads(text))
-        if ":" in text:
-            pairs = [p.split(":") for p in text.split(",") if p.strip()]
-            return parse_layer_map({k.strip(): v.strip() for k, v in pairs})
+        try:
+            if text.startswith("{"):
+                return parse_layer_map(json.loads(text))
+            if ":" in text:
+                pairs = [p.split(":") for p in text.split(",") if p.strip()]
+                return parse_layer_map({k.strip(): v.strip() for k, v in pairs})
+        except ValueError as err:  # bad JSON, or "1:2:3" (too many values to unpack): say what is expected
+            raise ValueError(
+                f"layer_map {value!r} is not understood ({err}): use 'uniform', 'last', or an explicit mapping "
+                "of student layer to teacher layer such as {1: 3, 2: 6}, '1:3,2:6' or '{\"1\": 3, \"2\": 6}'"
+            ) from None
     raise ValueError(
         f"layer_map {value!r} is not understood: use 'uniform', 'last', or an explicit mapping of student layer "
         "to teacher layer such as {1: 3, 2: 6} or '1:3,2:6' (layers count from 1; 0 is the embedding output)"
@@ -203,7 +210,7 @@ class DistillationConfig(TrainingArguments):
                 f"alpha={self.alpha} is outside [0, 1]: alpha weighs the KD term and 1 - alpha the hard "
                 "cross-entropy; use alpha=1 for pure distillation or alpha=0 for plain fine-tuning"
             )
-        if not self.temperature > 0 or self.temperature != self.temperature:
+        if not self.temperature > 0 or not math.isfinite(self.temperature):
             raise ValueError(
                 f"temperature={self.temperature} must be a positive number; typical values are 1 to 20 "
                 "(2 softens the teacher mildly)"
@@ -219,9 +226,10 @@ class DistillationConfig(TrainingArguments):
             if not 0.0 <= self.alpha_final <= 1.0:
                 raise ValueError(f"alpha_final={self.alpha_final} is outside [0, 1]")
         if self.temperature_schedule != "constant":
-            if self.temperature_final is None or not self.temperature_final > 0:
+            final = self.temperature_final
+            if final is None or not final > 0 or not math.isfinite(final):
                 raise ValueError(
-                    f"temperature_schedule={self.temperature_schedule!r} needs a positive temperature_final, "
+                    f"temperature_schedule={self.temperature_schedule!r} needs a positive, finite temperature_final, "
                     f"got {self.temperature_final}"
                 )
         if self.kd_positions not in KD_POSITIONS:
@@ -240,13 +248,22 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"projection_init={self.projection_init!r} is not one of ['xavier', 'identity']")
         for name in ("hidden_weight", "attention_weight", "embedding_weight"):
             value = getattr(self, name)
-            if value < 0 or value != value:
-                raise ValueError(f"{name}={value} must be >= 0 (0 turns the term off)")
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"{name}={value} must be a finite number >= 0 (0 turns the term off)")
         self.layer_map = parse_layer_map(self.layer_map)
 
     @property
     def uses_intermediate_layers(self) -> bool:
         return self.hidden_weight > 0 or self.attention_weight > 0 or self.embedding_weight > 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Trainer pickles its arguments into every checkpoint and output dir (training_args.bin), and
+        # hub_strategy pushes those files: never let a Hub token travel inside them.
+        state = self.__dict__.copy()
+        for key in state:
+            if key.endswith("_token") and state[key] is not None:
+                state[key] = None
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()

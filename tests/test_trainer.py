@@ -402,3 +402,14 @@ def test_teacher_equal_to_student_is_refused(tmp_out):
 
 def test_labels_named_in_config():
     assert LABELS == ["neg", "neu", "pos"]
+
+
+def test_pickled_arguments_carry_no_hub_token(tmp_out):
+    import pickle
+
+    args = make_args(tmp_out, hub_token="hf_secret_value")
+    assert args.hub_token == "hf_secret_value"  # still usable in this process
+    data = pickle.dumps(args)
+    assert b"hf_secret_value" not in data
+    restored = pickle.loads(data)
+    assert restored.hub_token is None and restored.temperature == args.temperature
