@@ -425,7 +425,7 @@ def run_demo_command(argv: Sequence[str]) -> int:
         "Offline; about 10 minutes on 2 CPU cores (--quick: about 1 minute).",
     )
     parser.add_argument(
-        "--output-dir", "--output_dir", default="hf_kd_demo", help="Where models and results go."
+        "--output-dir", "--output_dir", default="hf-kd-demo", help="Where models and results go."
     )
     parser.add_argument(
         "--quick", action="store_true", help="A much shorter run on a small subset (for tests)."
