@@ -452,7 +452,11 @@ def load_quantized(output_dir: str | os.PathLike, model_class: Any = None) -> nn
         _apply_pruning(model, record)
     model.eval()
     quantized = _quantize(model, bool(meta.get("embeddings", False)))
-    state = torch.load(os.path.join(output_dir, INT8_WEIGHTS), map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # torch's own TypedStorage notice for packed int8 weights
+        state = torch.load(os.path.join(output_dir, INT8_WEIGHTS), map_location="cpu", weights_only=True)
     quantized.load_state_dict(state)
     quantized.eval()
     return quantized
