@@ -364,6 +364,22 @@ class DistillationTrainer(Trainer):
             self._setup_layers(model, self.teachers[0])
         return model
 
+    def _hp_search_setup(self, trial: Any) -> None:
+        """Trainer sets a trial's values (temperature, alpha, hidden_weight, ...) on `args` only here, after
+        `call_model_init` built the student with the previous values: check them and rebuild layer pairs,
+        projections and hook for this trial."""
+        super()._hp_search_setup(trial)
+        if trial is None or self.hp_search_backend is None or not getattr(self, "_distillation_ready", False):
+            return
+        self.args.validate_distillation()
+        if self.teachers:
+            if self._projection_hook is not None:
+                self._projection_hook.remove()
+            self._projection_hook = None
+            if hasattr(self.model, PROJECTIONS_ATTR):
+                delattr(self.model, PROJECTIONS_ATTR)
+            self._setup_layers(self.model, self.teachers[0])
+
     def _set_signature_columns_if_needed(self) -> None:
         # Keep cached teacher outputs through remove_unused_columns; compute_loss pops them before forward.
         super()._set_signature_columns_if_needed()
