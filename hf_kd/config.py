@@ -26,6 +26,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 KD_POSITIONS = ("labelled", "all")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("raise", "skip")
+WEIGHT_FIELDS = ("hidden_weight", "attention_weight", "embedding_weight")
 
 
 def parse_layer_map(value: Any) -> str | dict[int, int]:
@@ -205,6 +206,17 @@ class DistillationConfig(TrainingArguments):
 
     def validate_distillation(self) -> None:
         """Raise a `ValueError` naming the offending value and the fix for out-of-range settings."""
+        for name in ("temperature", "alpha", "alpha_final", "temperature_final", *WEIGHT_FIELDS):
+            value = getattr(self, name)
+            if value is None and name.endswith("_final"):
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                # Numbers that arrive as strings (a YAML "5e-1", a JSON config written by hand) become floats.
+                setattr(self, name, float(value))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}={value!r} must be a number") from None
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(
                 f"alpha={self.alpha} is outside [0, 1]: alpha weighs the KD term and 1 - alpha the hard "
