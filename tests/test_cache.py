@@ -52,9 +52,9 @@ def losses(trainer) -> list[tuple]:
     return [(h["loss"], h["loss_kd"], h["loss_ce"]) for h in trainer.state.log_history if "loss_kd" in h]
 
 
-def assert_same_training(live, cached, init):
+def assert_same_training(live, cached, init, steps=4):
     live_losses, cached_losses = losses(live), losses(cached)
-    assert len(live_losses) == 4
+    assert len(live_losses) == steps
     torch.testing.assert_close(torch.tensor(cached_losses), torch.tensor(live_losses), rtol=1e-5, atol=1e-6)
     for (name, p_live), p_cached in zip(live.model.named_parameters(), cached.model.parameters()):
         torch.testing.assert_close(p_cached, p_live, rtol=1e-5, atol=1e-6, msg=name)
@@ -105,6 +105,43 @@ def test_cached_run_equals_live_run_token_classification_with_padding(tmp_out, t
     )  # fmt: skip
     cached.train()
     assert_same_training(live, cached, init)
+
+
+def qa_dataset() -> Dataset:
+    data = tiny_classification_dataset(n=8).remove_columns("labels")
+    return data.map(lambda e, i: {"start_positions": i % 4, "end_positions": i % 4 + 2}, with_indices=True)
+
+
+def mlm_dataset() -> Dataset:
+    data = tiny_classification_dataset(n=8).remove_columns("labels")
+
+    def mask_some(e):
+        pairs = enumerate(zip(e["input_ids"], e["attention_mask"]))
+        return {"labels": [i if j % 3 == 1 and m else -100 for j, (i, m) in pairs]}
+
+    return data.map(mask_some)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["qa", "mlm_topk_all"])
+def test_cached_run_equals_live_run_qa_and_topk_masked_lm(tmp_out, head):
+    """QA start/end logits, and masked-LM top-k log-probs with k = vocabulary size (the rest bucket is empty)."""
+    cls, data, kw = {
+        "qa": ("BertForQuestionAnswering", qa_dataset(), {"num_labels": 2}),
+        "mlm_topk_all": ("BertForMaskedLM", mlm_dataset(), {}),
+    }[head]
+    teacher = tiny_model(cls, num_layers=2, seed=1, **kw)
+    topk = {"top_k": VOCAB, "temperature": 2.0} if head == "mlm_topk_all" else {}
+    cached_data = cache_teacher_outputs(teacher, data, batch_size=3, **topk)
+    runs = []
+    for train, teacher_model in ((data, teacher), (cached_data, None)):
+        trainer = DistillationTrainer(
+            tiny_model(cls, num_layers=1, seed=2, **kw), make_args(tmp_out, max_steps=2), train_dataset=train,
+            teacher_model=teacher_model,
+        )  # fmt: skip
+        trainer.train()
+        runs.append(trainer)
+    assert_same_training(*runs, tiny_model(cls, num_layers=1, seed=2, **kw), steps=2)
 
 
 def test_collator_scatters_token_logits_to_real_positions(tokenizer):
