@@ -37,6 +37,7 @@ from hf_kd.compression import (  # noqa: E402
     compare_models,
     evaluate_accuracy,
     format_comparison_table,
+    is_quantized,
     load_model,
     measure_model,
     quantize_dynamic_int8,
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     measurements, scores = [], {}
     for name, model in rows:
-        device = "cpu"  # one device for every row, so that the ratios compare (int8 runs on CPU only)
+        # int8 kernels are CPU-only; compare int8 rows with float rows only when --device is cpu.
+        device = "cpu" if is_quantized(model) else args.device
         m = measure_model(model, name, args.batch_sizes, args.seq_len, args.warmup, args.runs, device)
         scores[name] = evaluate_accuracy(
             model, tokenizer, texts, labels, batch_size=32, max_length=args.seq_len
