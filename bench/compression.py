@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="device for the float rows: cpu (default) or cuda:0; int8 rows run on CPU",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
     )
     p.add_argument("--max-test", type=int, default=None, help="score on the first N test articles only")
