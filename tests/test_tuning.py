@@ -110,3 +110,52 @@ def test_search_space_forms_and_errors():
     }
     assert not in_search_space({"temperature": 3.0}, {"temperature": [1.0, 2.0]})
     assert not in_search_space({"alpha": 0.95}, {"alpha": (0.2, 0.9)})
+
+
+@pytest.mark.slow
+def test_tune_command_reads_local_files_and_reports_the_best_setting(tmp_path, capsys):
+    import argparse
+    import csv
+
+    from transformers import BertTokenizer
+
+    from hf_kd.tuning import add_tune_arguments, run_tune_command
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    for name, layers in (("teacher", 2), ("student", 1)):
+        tiny_model(num_layers=layers, seed=layers).save_pretrained(tmp_path / name)
+        BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tmp_path / name)
+    for split, n in (("train", 12), ("validation", 6)):
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["sentence", "label"])
+            writer.writerows([[f"w{i} w{i + 1} w{2 * i}", ["neg", "neu", "pos"][i % 3]] for i in range(n)])
+    args = add_tune_arguments(argparse.ArgumentParser()).parse_args(
+        [
+            "--teacher",
+            str(tmp_path / "teacher"),
+            "--student",
+            str(tmp_path / "student"),
+            "--data",
+            str(tmp_path / "train.csv"),
+            "--validation-file",
+            str(tmp_path / "validation.csv"),
+            "--text-column",
+            "sentence",
+            "--n-trials",
+            "1",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--use-cpu",
+            "--search-space",
+            '{"temperature": [2, 4], "alpha": {"range": [0.3, 0.7]}}',
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    result = run_tune_command(args)
+    printed = capsys.readouterr().out
+    assert in_search_space(result["hyperparameters"], {"temperature": [2.0, 4.0], "alpha": (0.3, 0.7)})
+    assert "Best eval_accuracy" in printed and "| 0 (best) | COMPLETE |" in printed
