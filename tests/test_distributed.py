@@ -35,10 +35,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(launcher: list[str], out: str, per_device: int, accum: int) -> subprocess.CompletedProcess:
+def _launch(
+    launcher: list[str], out: str, per_device: int, accum: int, *extra: str
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [*launcher, WORKER, "--out", out, "--per-device", str(per_device), "--accum", str(accum)]
+    command = [
+        *launcher,
+        WORKER,
+        "--out",
+        out,
+        "--per-device",
+        str(per_device),
+        "--accum",
+        str(accum),
+        *extra,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (
         f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -102,7 +114,7 @@ def _check_matches_reference(out: str, reference: tuple[dict, dict[str, torch.Te
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_torchrun_two_processes_match_one_process(tmp_path, single_process):
-    """torchrun, 2 x 4 examples: same loss curve and final student as 1 x 8."""
+    """torchrun, 2 x 4 examples: same loss curve and final student as 1 x 8; the FSDP teacher path shards."""
     out = str(tmp_path / "torchrun")
     launcher = [
         sys.executable,
@@ -115,8 +127,14 @@ def test_torchrun_two_processes_match_one_process(tmp_path, single_process):
         "--master_port",
         str(_free_port()),
     ]
-    _launch(launcher, out, per_device=4, accum=1)
+    _launch(launcher, out, 4, 1, "--fsdp-teacher-check")
     _check_matches_reference(out, single_process)
+    # The same processes also sharded a copy of the teacher through hf_kd's FSDP path (FSDP2 runs on gloo):
+    # each rank holds about half of it, and its logits equal the replicated teacher's.
+    for rank in (0, 1):
+        report, _ = _read(out, rank)
+        assert report["fsdp_max_abs_diff"] < 1e-5
+        assert report["fsdp_local_params"] < 0.6 * report["fsdp_full_params"]
 
 
 @pytest.mark.slow

@@ -27,7 +27,12 @@ GLOBAL_BATCH = 8
 
 
 def run(
-    out: str, per_device: int = 4, accum: int = 1, steps: int = 4, bf16: bool = False, peft: bool = False
+    out: str,
+    per_device: int = 4,
+    accum: int = 1,
+    steps: int = 4,
+    bf16: bool = False,
+    fsdp_teacher_check: bool = False,
 ):
     import torch
     from conftest import tiny_classification_dataset, tiny_model
@@ -86,11 +91,44 @@ def run(
         ),
         "teacher_requires_grad": any(p.requires_grad for p in trainer.teacher.parameters()),
     }
+    if fsdp_teacher_check:
+        report.update(_fsdp2_teacher_check(trainer.teacher))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)
     del trainer, student, teacher, unwrapped
     shutdown_distributed()
     return report
+
+
+def _fsdp2_teacher_check(replicated) -> dict:
+    """Shard a copy of the teacher with hf_kd's FSDP path (FSDP2 on gloo) and compare it with the replica.
+
+    The stand-in Accelerator carries only what `_shard_with_fsdp` reads: a real FSDP2 plugin and the device.
+    """
+    import copy
+    import types
+
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from hf_kd.teacher import _shard_with_fsdp, freeze
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    accelerator = types.SimpleNamespace(
+        state=types.SimpleNamespace(fsdp_plugin=plugin), device=torch.device("cpu")
+    )
+    sharded = _shard_with_fsdp(freeze(copy.deepcopy(replicated)), accelerator)
+    ids = torch.randint(5, 99, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = replicated(input_ids=ids, attention_mask=mask).logits
+        got = sharded(input_ids=ids, attention_mask=mask).logits
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in sharded.parameters())
+    return {
+        "fsdp_max_abs_diff": (expected - got).abs().max().item(),
+        "fsdp_local_params": local,
+        "fsdp_full_params": sum(p.numel() for p in replicated.parameters()),
+    }
 
 
 if __name__ == "__main__":
@@ -100,5 +138,6 @@ if __name__ == "__main__":
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--fsdp-teacher-check", action="store_true")
     a = parser.parse_args()
-    run(a.out, a.per_device, a.accum, a.steps, a.bf16)
+    run(a.out, a.per_device, a.accum, a.steps, a.bf16, a.fsdp_teacher_check)
