@@ -188,8 +188,8 @@ def check_tokenizers(
         try:
             s_ids = list(student_tokenizer(text)["input_ids"])
             t_ids = list(teacher_tokenizer(text)["input_ids"])
-        except (TypeError, KeyError, ValueError):
-            return  # not a text tokenizer
+        except Exception:  # noqa: BLE001 -- not a text tokenizer (an image or audio processor): nothing to compare
+            return
         if s_ids != t_ids:
             raise DistillationConfigError(
                 f"the student's and the teacher's tokenizers disagree on {text!r}: student ids {s_ids[:12]}, "
@@ -376,6 +376,23 @@ def check_cached_logits(dataset: Any, student: nn.Module, task: str, samples: in
                 )
 
 
+def check_dataset_label_names(dataset: Any, student: nn.Module) -> None:
+    """A `ClassLabel` column encodes class i as its i-th name; the student's id2label must say the same."""
+    features = getattr(dataset, "features", None)
+    s_names = _label_names(_config(student))
+    if not features or not s_names or _is_default_label_names(s_names):
+        return
+    for column in ("label", "labels"):
+        names = getattr(features.get(column), "names", None)  # only a ClassLabel has names
+        if names and list(names) != s_names:
+            raise DistillationConfigError(
+                f"the training data's {column!r} column encodes the classes as {list(names)} but the student's "
+                f"id2label is {s_names}: the student would learn class {names[0]!r} under the name "
+                f"{s_names[0]!r}. Build the student (and teacher) with id2label={dict(enumerate(names))}, or "
+                f"re-encode the column with dataset.align_labels_with_mapping(label2id, {column!r})"
+            )
+
+
 def check_setup(
     student: nn.Module,
     teachers: Sequence[nn.Module],
@@ -401,3 +418,4 @@ def check_setup(
     ]
     check_inputs_fit(train_dataset, models, student_tokenizer, getattr(args, "max_length", None))
     check_cached_logits(train_dataset, student, task)
+    check_dataset_label_names(train_dataset, student)

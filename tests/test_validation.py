@@ -163,6 +163,19 @@ def test_label2id_that_is_not_the_inverse_of_id2label(tmp_out, role):
     assert "set label2id={'neg': 0, 'neu': 1, 'pos': 2}" in str(err.value)
 
 
+def test_dataset_class_labels_in_another_order_than_the_students_id2label(tmp_out):
+    from datasets import ClassLabel
+
+    dataset = tiny_classification_dataset(8)
+    ordered = dataset.cast_column("labels", ClassLabel(names=["neg", "neu", "pos"]))
+    _trainer(tmp_out, tiny_model(seed=0), tiny_model(seed=1), ordered)  # same order: fine
+    permuted = dataset.cast_column("labels", ClassLabel(names=["pos", "neg", "neu"]))
+    with pytest.raises(
+        DistillationConfigError, match=r"encodes the classes as \['pos', 'neg', 'neu'\] but the student"
+    ):
+        _trainer(tmp_out, tiny_model(seed=0), tiny_model(seed=1), permuted)
+
+
 # ---- intermediate layers ------------------------------------------------------------------------------
 
 
