@@ -147,6 +147,9 @@ class DistillationTrainer(Trainer):
         teacher_model: the teacher, a list of teachers (an ensemble sharing the student's label space), or
             `None` when every batch carries cached teacher logits (see `hf_kd.cache_teacher_outputs`).
         teacher_weights: weights of the ensemble members (default: equal).
+        peft_config: a `peft` config (e.g. `LoraConfig`) that turns the student into a PEFT model, or `True` for
+            LoRA r=8, alpha=16 on peft's default layers for the architecture (`hf_kd.peft_utils`). Only the
+            adapter (plus the head for classification tasks, and any projections) trains.
         All other arguments are `transformers.Trainer`'s, unchanged.
 
     The loss is `alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * CE(student, labels)`, with
@@ -166,9 +169,14 @@ class DistillationTrainer(Trainer):
         teacher_model: nn.Module | list[nn.Module] | None = None,
         teacher_weights: list[float] | None = None,
         teacher_tokenizer: Any = None,
+        peft_config: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
         args = _as_distillation_config(args)
+        if peft_config is not None and peft_config is not False and model is not None:
+            from .peft_utils import make_peft_student
+
+            model = make_peft_student(model, peft_config)  # before Trainer sees it: only the adapter trains
         self._distillation_ready = False
         self.teacher_tokenizer = teacher_tokenizer  # spot-checked against processing_class in _setup_distillation
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
@@ -801,6 +809,12 @@ class DistillationTrainer(Trainer):
         from safetensors.torch import load_file
 
         projections.load_state_dict(load_file(path, device="cpu"))
+
+    def save_merged_student(self, output_dir: str) -> nn.Module:
+        """A PEFT student saved with its adapter merged in, as a full model (see `hf_kd.peft_utils.save_merged`)."""
+        from .peft_utils import save_merged
+
+        return save_merged(self, output_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if self.layer_table:
