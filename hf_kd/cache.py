@@ -189,11 +189,39 @@ def cache_teacher_outputs(
 
     Returns:
         The dataset with the teacher columns added and the cache metadata in `dataset.info.description`
-        (`read_cache_metadata`).
+        (`read_cache_metadata`). A `DatasetDict` gives a `DatasetDict`, each split cached (and keyed) on its own.
+
+    The collator and batch size are not part of the key: they change only padding, and a cache whose rows do not
+    match the training batches' real tokens is refused by `TeacherCacheCollator`.
     """
-    from datasets import List, Value, load_from_disk
+    from datasets import Dataset, DatasetDict, List, Value, load_from_disk
     from tqdm.auto import tqdm
     from transformers import DataCollatorWithPadding, default_data_collator
+
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict(
+            {
+                split: cache_teacher_outputs(
+                    teacher,
+                    part,
+                    batch_size,
+                    collator,
+                    top_k,
+                    temperature,
+                    device,
+                    cache_dir,
+                    tokenizer,
+                    f"{desc} ({split})",
+                )  # fmt: skip
+                for split, part in dataset.items()
+            }
+        )
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"cache_teacher_outputs needs a map-style datasets.Dataset (or DatasetDict), got {type(dataset).__name__}: "
+            "an IterableDataset is read once and has no fingerprint to key a cache on; materialise it with "
+            "Dataset.from_generator first"
+        )
 
     if top_k is not None:
         if int(top_k) < 1:

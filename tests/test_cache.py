@@ -323,3 +323,22 @@ def test_uncached_eval_data_without_teacher_says_what_to_do(tmp_out):
     )  # fmt: skip
     with pytest.raises(DistillationConfigError, match="no cached teacher logits and no teacher_model"):
         trainer.evaluate()
+
+
+def test_dataset_dict_caches_each_split_and_iterable_is_refused():
+    from datasets import DatasetDict
+
+    teacher = tiny_model(num_layers=2, seed=1)
+    splits = DatasetDict(
+        train=tiny_classification_dataset(n=6), test=tiny_classification_dataset(n=4, seed=1)
+    )
+    cached = cache_teacher_outputs(teacher, splits)
+    for name, part in splits.items():
+        assert read_cache_metadata(cached[name])["dataset_fingerprint"] == part._fingerprint
+        with torch.no_grad():
+            expected = teacher(
+                input_ids=torch.tensor(part["input_ids"]), attention_mask=torch.tensor(part["attention_mask"])
+            ).logits
+        torch.testing.assert_close(torch.tensor(cached[name]["teacher_logits"]), expected)
+    with pytest.raises(TypeError, match="map-style datasets.Dataset"):
+        cache_teacher_outputs(teacher, splits["train"].to_iterable_dataset())
