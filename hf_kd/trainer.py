@@ -458,6 +458,13 @@ class DistillationTrainer(Trainer):
     # ---- the loss ------------------------------------------------------------------------------------
 
     def _teacher_forward(self, inputs: dict[str, Any], forward_kwargs: dict[str, Any]) -> list[Any]:
+        if not self.teachers:
+            # teacher_model=None is allowed for cached training data; a batch without cached logits (e.g. an
+            # eval_dataset that was not cached) has nothing to distil from.
+            raise DistillationConfigError(
+                "this batch carries no cached teacher logits and no teacher_model was given: cache this dataset "
+                "too with hf_kd.cache_teacher_outputs(teacher, dataset), or pass teacher_model=..."
+            )
         if self._teacher_args is not None:
             inputs = {k: v for k, v in inputs.items() if k in self._teacher_args}
         with torch.no_grad(), self.accelerator.autocast():
@@ -712,7 +719,8 @@ class DistillationTrainer(Trainer):
         for key, cached_key in zip(keys, cached_keys):
             student_pred = outputs[key].argmax(-1)
             if teacher_outputs is not None:
-                probs = sum(torch.softmax(t[key].float(), -1) for t in teacher_outputs)
+                weights = self.teacher_weights or [1.0] * len(teacher_outputs)  # the ensemble's own weights
+                probs = sum(w * torch.softmax(t[key].float(), -1) for w, t in zip(weights, teacher_outputs))
                 teacher_pred = probs.argmax(-1)
             elif cached_key in cached:
                 teacher_pred = cached[cached_key].argmax(-1)
