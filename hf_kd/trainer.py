@@ -230,6 +230,13 @@ class DistillationTrainer(Trainer):
             self.processing_class, self.teacher_tokenizer, self.optimizer,
         )
 
+        if self.uses_cache and len(teachers) > 1:
+            # compute_loss takes cached logits over a live forward, so the ensemble would be silently ignored.
+            raise DistillationConfigError(
+                f"train_dataset carries cached teacher outputs (from one teacher), but {len(teachers)} teachers "
+                "were given and the cache would replace the ensemble: remove the teacher columns "
+                "(dataset.remove_columns([...])) to distil from the live ensemble, or pass a single teacher_model"
+            )
         if self.uses_cache and teachers and args.teacher_cache_check:
             from .cache import read_cache_metadata, teacher_fingerprint
 

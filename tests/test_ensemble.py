@@ -139,3 +139,17 @@ def test_teacher_agreement_follows_ensemble_weights(tmp_out):
     expected = (student_pred == first_pred).double().mean().item()
     assert trainer.evaluate()["eval_teacher_agreement"] == pytest.approx(expected)
     assert expected < (student_pred == student_pred[0]).double().mean().item()  # the weights matter here
+
+
+def test_cached_logits_with_an_ensemble_are_rejected(tmp_out):
+    from hf_kd import cache_teacher_outputs
+
+    first, second = tiny_model(num_layers=2, seed=1), tiny_model(num_layers=2, seed=3)
+    cached = cache_teacher_outputs(first, tiny_classification_dataset(n=8))
+    with pytest.raises(DistillationConfigError, match="2 teachers were given and the cache would replace"):
+        DistillationTrainer(
+            tiny_model(num_layers=1, seed=2),
+            make_args(tmp_out),
+            train_dataset=cached,
+            teacher_model=[first, second],
+        )
