@@ -149,6 +149,11 @@ def _weight_files(directory: str) -> list[str]:
 
 def model_size_bytes(model: nn.Module) -> int:
     """Bytes of the weight files as saved: safetensors from `save_pretrained`, or the int8 state dict."""
+    if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):
+        raise ValueError(
+            f"{type(model).__name__} is a PEFT model: save_pretrained would write only the adapter. Measure the "
+            "deployed model instead: model.merge_and_unload() (or DistillationTrainer.save_merged_student)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         if is_quantized(model):
             save_quantized(model, tmp)
