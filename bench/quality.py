@@ -40,6 +40,7 @@ from bench.common import (  # noqa: E402
     make_student,
     markdown_table,
     mean_std,
+    quiet_trainer,
     quiet_transformers,
     save_json,
     test_accuracy,
@@ -166,7 +167,7 @@ def _train_student(
             processing_class=tokenizer,
         )
     start = time.perf_counter()
-    trainer.train()
+    quiet_trainer(trainer).train()
     return trainer.model, time.perf_counter() - start
 
 

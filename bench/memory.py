@@ -1,0 +1,156 @@
+"""Memory: peak resident memory (RSS) of a live-teacher distillation against plain fine-tuning of the student.
+
+    python bench/memory.py            # MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, length 128, 20 steps
+    python bench/memory.py --quick    # tiny sizes
+
+Each configuration runs in a fresh Python process (a process's peak RSS never goes down, so sharing one would
+mix them up). The child loads everything, records its RSS before training, trains `steps` steps, and reports
+`resource.getrusage(RUSAGE_SELF).ru_maxrss` (the kernel's high-water mark) as its peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    TaskSpec,
+    TeacherRecipe,
+    base_args,
+    finetuned_teacher,
+    load_task,
+    machine_info,
+    machine_line,
+    markdown_table,
+    quiet_trainer,
+    quiet_transformers,
+    save_json,
+)
+
+CONFIGS = {
+    "plain": "plain Trainer, student alone",
+    "cached": "DistillationTrainer, cached teacher logits",
+    "live": "DistillationTrainer, live teacher, logits",
+    "hidden": "DistillationTrainer, live teacher, logits + hidden states",
+}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(config: str, quick: bool, steps: int, batch_size: int, max_length: int) -> dict[str, Any]:
+    """Runs in the fresh process: train `steps` steps of one configuration, return RSS figures in MiB."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_kd import DistillationConfig, DistillationTrainer, cache_teacher_outputs, make_student
+
+    quiet_transformers()
+    spec = TaskSpec("bbc_news", 32, 96, 32) if quick else TaskSpec("bbc_news", max_length)
+    recipe = TeacherRecipe(epochs=1, batch_size=16) if quick else TeacherRecipe(epochs=1, learning_rate=5e-4)
+    _, tokenized, tokenizer = load_task(spec)
+    teacher, _ = finetuned_teacher(spec, 0, recipe)  # seed 0: the teacher step_cost.py and quality.py use
+    train = tokenized["train"]
+    if config == "cached":
+        train = cache_teacher_outputs(teacher, train, batch_size=64, tokenizer=tokenizer, device="cpu")
+    student = make_student(teacher, num_layers=2)
+    if config in ("plain", "cached"):
+        del teacher  # neither run holds the teacher during training
+        teacher = None
+    common = base_args(
+        os.path.join(RESULTS_DIR, "tmp", "memory"), 0, max_steps=steps, per_device_train_batch_size=batch_size
+    )
+    if config == "plain":
+        trainer = Trainer(
+            model=student, args=TrainingArguments(**common), train_dataset=train, processing_class=tokenizer
+        )
+    else:
+        args = DistillationConfig(**common, hidden_weight=1.0 if config == "hidden" else 0.0)
+        trainer = DistillationTrainer(
+            model=student, args=args, teacher_model=teacher, train_dataset=train, processing_class=tokenizer
+        )
+    before = _rss_mib()
+    quiet_trainer(trainer).train()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return {"rss_before_training_mib": before, "peak_rss_mib": peak}
+
+
+def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict[str, Any]:
+    steps = steps or (3 if quick else 20)
+    batch_size = 8 if quick else 32
+    max_length = 32 if quick else 128
+    results = {}
+    for config in CONFIGS:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--steps", str(steps)]
+        if quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        line = next(line for line in out.stdout.splitlines() if line.startswith("@@"))
+        results[config] = json.loads(line[2:])
+        log(f"memory: {config} peak {results[config]['peak_rss_mib']:.0f} MiB")
+    return {
+        "machine": machine_info(),
+        "quick": quick,
+        "steps": steps,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "results": results,
+    }
+
+
+def report(data: dict[str, Any]) -> str:
+    res = data["results"]
+    plain = res["plain"]["peak_rss_mib"]
+    rows = [
+        [
+            label,
+            f"{res[c]['rss_before_training_mib']:.0f}",
+            f"{res[c]['peak_rss_mib']:.0f}",
+            f"{res[c]['peak_rss_mib'] / plain:.2f}",
+        ]
+        for c, label in CONFIGS.items()
+        if c in res
+    ]
+    return (
+        f"{data['steps']} training steps at batch {data['batch_size']}, max length {data['max_length']}, each "
+        "configuration in a fresh process; RSS in MiB.\n\n"
+        + markdown_table(["configuration", "RSS before training", "peak RSS", "peak / plain"], rows)
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--output")
+    parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = child(args.child, args.quick, args.steps, 8 if args.quick else 32, 32 if args.quick else 128)
+        print("@@" + json.dumps(result), flush=True)
+        return
+    data = run(args.quick, args.steps, log=lambda m: print(m, flush=True))
+    save_json(
+        data, args.output or os.path.join(RESULTS_DIR, "memory_quick.json" if args.quick else "memory.json")
+    )
+    print(machine_line(data["machine"]))
+    print(report(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,612 @@
+"""Step cost: seconds per training step of hf-kd against a hand-written PyTorch loop (the floor) and TextBrewer,
+and the end-to-end wall time of a 3-epoch distillation with each of hf-kd's speed levers on its own.
+
+    python bench/step_cost.py            # fine-tuned MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, len 128
+    python bench/step_cost.py --quick    # tiny sizes: checks every path in a few minutes (figures meaningless)
+
+Per-step methods (all on the same fixed batches, the same teacher-initialised student, the same loss
+`alpha * T^2 * KL + (1 - alpha) * CE`, the same fused AdamW that `Trainer` builds, gradient clipping at 1.0):
+  floor (live)    hand-written loop: teacher forward under no_grad, student forward + backward, AdamW step
+  floor (cached)  the same loop reading precomputed teacher logits (no teacher forward)
+  floor (none)    the same loop without a teacher, CE only (the floor of plain fine-tuning)
+  hf-kd live      DistillationTrainer, live teacher, logits only
+  hf-kd hidden    DistillationTrainer, live teacher, logits + hidden-state MSE (student layers 1, 2 <- teacher 3, 6)
+  hf-kd cached    DistillationTrainer on cached teacher logits (hf_kd.cache_teacher_outputs)
+  Trainer         plain transformers.Trainer fine-tuning the student alone
+  TextBrewer      TextBrewer 0.2.1.post1 BasicDistiller, in its own virtual environment (bench/textbrewer_setup.sh),
+                  kd_loss_weight = alpha * T^2 (its soft loss has no T^2 factor), hard_label_weight = 1 - alpha,
+                  device "cpu" (its default is CUDA)
+
+Timing: a step is forward + backward + optimizer step. Trainer steps are timed by a TrainerCallback
+(on_step_begin -> on_step_end, so batch fetching is outside the window for every method); the floor loop times
+the same span with time.perf_counter; TextBrewer is timed from a forward pre-hook on its teacher to a post-hook on
+its optimizer's step. Methods run in short bursts, interleaved and rotated over several rounds, so that a change in
+the machine's load hits all alike; the first step of each burst (allocations) is dropped; the median is reported.
+TextBrewer runs in a worker process of its own environment that stays up across rounds, so it interleaves too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    BENCH_DIR,
+    RESULTS_DIR,
+    TaskSpec,
+    TeacherRecipe,
+    base_args,
+    finetuned_teacher,
+    load_task,
+    machine_info,
+    machine_line,
+    markdown_table,
+    median,
+    quiet_trainer,
+    quiet_transformers,
+    save_json,
+    step_timer_callback,
+    teacher_path,
+)
+
+TEXTBREWER_PYTHON = os.path.join(BENCH_DIR, ".venv-textbrewer", "bin", "python")
+TEMPERATURE, ALPHA, HIDDEN_WEIGHT, LEARNING_RATE, MAX_GRAD_NORM = 2.0, 0.5, 1.0, 5e-4, 1.0
+# The teacher the quality benchmark fine-tunes for seed 0 (same task, same recipe): one fine-tuning serves both.
+TEACHER_SEED = 0
+TEACHER_RECIPE = TeacherRecipe(epochs=1, learning_rate=5e-4)
+
+METHODS = {
+    "floor_live": "hand-written loop, live teacher (the floor)",
+    "floor_cached": "hand-written loop, cached teacher logits",
+    "floor_none": "hand-written loop, no teacher (CE only)",
+    "hfkd_live": "DistillationTrainer, live teacher, logits",
+    "hfkd_hidden": "DistillationTrainer, live teacher, logits + hidden states",
+    "hfkd_cached": "DistillationTrainer, cached teacher logits",
+    "trainer": "plain Trainer, student alone",
+    "textbrewer": "TextBrewer 0.2.1.post1, live teacher, logits",
+}
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE, written out: the hand-written loop's loss."""
+    t = TEMPERATURE
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, -1),
+        F.log_softmax(teacher_logits / t, -1),
+        reduction="batchmean",
+        log_target=True,
+    )  # mean over the batch of sum over classes
+    return ALPHA * t * t * kl + (1 - ALPHA) * F.cross_entropy(student_logits, labels)
+
+
+def trainer_optimizer(params: Any) -> torch.optim.Optimizer:
+    """The optimizer `Trainer` builds by default (its class and keyword arguments, e.g. fused AdamW)."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(**base_args("/tmp/hf-kd-bench-unused", 0, learning_rate=LEARNING_RATE))
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    return cls(params, weight_decay=args.weight_decay, **kwargs)
+
+
+# ---- the setting ------------------------------------------------------------------------------------------
+
+
+class Setting:
+    """Teacher, tokenizer, tokenized data, fixed batches and cached logits, shared by every method."""
+
+    def __init__(self, quick: bool, batch_size: int, max_length: int, log: Any = print) -> None:
+        from transformers import DataCollatorWithPadding
+
+        from hf_kd import cache_teacher_outputs
+
+        self.quick = quick
+        self.spec = TaskSpec(
+            "bbc_news",
+            max_length=32 if quick else max_length,
+            train_size=96 if quick else None,
+            test_size=32 if quick else None,
+        )
+        self.batch_size = 8 if quick else batch_size
+        self.teacher_recipe = TeacherRecipe(epochs=1, batch_size=16) if quick else TEACHER_RECIPE
+        self.raw, self.tokenized, self.tokenizer = load_task(self.spec)
+        self.teacher, _ = finetuned_teacher(self.spec, TEACHER_SEED, self.teacher_recipe, log=log)
+        self.teacher.eval()
+        self.teacher_dir = self.teacher.name_or_path
+        self.train = self.tokenized["train"]
+        n_batches = 4 if quick else 12
+        collate = DataCollatorWithPadding(self.tokenizer)
+        self.burst_dataset = self.train.select(range(n_batches * self.batch_size))
+        self.batches = [
+            collate([self.burst_dataset[i] for i in range(b * self.batch_size, (b + 1) * self.batch_size)])
+            for b in range(n_batches)
+        ]  # each: input_ids, token_type_ids, attention_mask (B, L), labels (B,)
+        self.cached_burst = cache_teacher_outputs(
+            self.teacher, self.burst_dataset, batch_size=64, tokenizer=self.tokenizer, device="cpu"
+        )
+        with torch.inference_mode():
+            self.batch_teacher_logits = [self.teacher(**self._inputs(b)).logits.clone() for b in self.batches]
+
+    @staticmethod
+    def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def student(self) -> Any:
+        from hf_kd import make_student
+
+        torch.manual_seed(0)
+        return make_student(self.teacher, num_layers=2).train()
+
+    # ---- per-step bursts ----------------------------------------------------------------------------------
+
+    def floor_burst(self, mode: str, steps: int) -> list[float]:
+        student = self.student()
+        optimizer = trainer_optimizer(student.parameters())
+        times = []
+        for i in range(steps):
+            b = i % len(self.batches)
+            batch = self.batches[b]
+            inputs, labels = self._inputs(batch), batch["labels"]
+            start = time.perf_counter()
+            if mode == "live":
+                with torch.no_grad():
+                    teacher_logits = self.teacher(**inputs).logits  # (B, C)
+            logits = student(**inputs).logits  # (B, C)
+            if mode == "none":
+                loss = F.cross_entropy(logits, labels)
+            else:
+                loss = kd_loss(
+                    logits, teacher_logits if mode == "live" else self.batch_teacher_logits[b], labels
+                )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        return times[1:]
+
+    def trainer_burst(self, method: str, steps: int, **extra: Any) -> list[float]:
+        from transformers import Trainer, TrainingArguments
+
+        from hf_kd import DistillationConfig, DistillationTrainer
+
+        timer = step_timer_callback()
+        common = base_args(
+            os.path.join(RESULTS_DIR, "tmp", "step_cost"),
+            0,
+            max_steps=steps,
+            per_device_train_batch_size=self.batch_size,
+            learning_rate=LEARNING_RATE,
+            max_grad_norm=MAX_GRAD_NORM,
+            train_sampling_strategy="sequential",
+        )
+        common.update(extra)
+        student = self.student()
+        if method == "trainer":
+            trainer = Trainer(
+                model=student,
+                args=TrainingArguments(**common),
+                train_dataset=self.burst_dataset,
+                processing_class=self.tokenizer,
+                callbacks=[timer],
+            )
+        else:
+            args = DistillationConfig(
+                **common,
+                temperature=TEMPERATURE,
+                alpha=ALPHA,
+                hidden_weight=HIDDEN_WEIGHT if method == "hfkd_hidden" else 0.0,
+            )
+            cached = method == "hfkd_cached"
+            trainer = DistillationTrainer(
+                model=student,
+                args=args,
+                teacher_model=None if cached else self.teacher,
+                train_dataset=self.cached_burst if cached else self.burst_dataset,
+                processing_class=self.tokenizer,
+                callbacks=[timer],
+            )
+        quiet_trainer(trainer).train()
+        return timer.times[1:]
+
+
+# ---- TextBrewer, in its own environment ---------------------------------------------------------------------
+
+
+class TextBrewerWorker:
+    """A long-lived process in bench/.venv-textbrewer that runs TextBrewer bursts and jobs on request."""
+
+    def __init__(self, setting: Setting) -> None:
+        path = os.path.join(RESULTS_DIR, "tmp", "textbrewer_batches.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save([dict(b) for b in setting.batches], path)  # plain dicts of tensors
+        config = {
+            "teacher_dir": setting.teacher_dir,
+            "batches": path,
+            "spec": setting.spec.__dict__,
+            "batch_size": setting.batch_size,
+            "output_dir": os.path.join(RESULTS_DIR, "tmp", "textbrewer"),
+        }
+        self.proc = subprocess.Popen(
+            [TEXTBREWER_PYTHON, os.path.abspath(__file__), "--textbrewer-worker", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self._read()  # "ready"
+
+    def _read(self) -> Any:
+        for line in self.proc.stdout:
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+        raise RuntimeError(f"the TextBrewer worker exited with code {self.proc.wait()}; see its stderr above")
+
+    def ask(self, command: str, value: float) -> Any:
+        self.proc.stdin.write(json.dumps({"command": command, "value": value}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"command": "quit"}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
+def textbrewer_worker(config_json: str) -> None:
+    """Runs inside bench/.venv-textbrewer: TextBrewer distils the same student with the same loss and optimizer."""
+    import textbrewer
+    from textbrewer import BasicDistiller, DistillationConfig, TrainingConfig
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    from hf_kd import make_student
+
+    quiet_transformers()
+    config = json.loads(config_json)
+    teacher = AutoModelForSequenceClassification.from_pretrained(config["teacher_dir"]).eval()
+    batches = torch.load(config["batches"])
+    os.makedirs(config["output_dir"], exist_ok=True)
+
+    def adaptor(batch: Any, outputs: Any) -> dict[str, Any]:
+        return {"logits": [outputs.logits], "losses": [outputs.loss]}  # losses: the model's own CE on labels
+
+    def distiller_for(student: Any) -> Any:
+        train_config = TrainingConfig(
+            device="cpu", output_dir=config["output_dir"], log_dir=None, ckpt_steps=10**9
+        )
+        distill_config = DistillationConfig(
+            temperature=TEMPERATURE,
+            kd_loss_type="ce",
+            kd_loss_weight=ALPHA * TEMPERATURE**2,
+            hard_label_weight=1 - ALPHA,
+        )
+        return BasicDistiller(train_config, distill_config, teacher, student, adaptor, adaptor)
+
+    def fresh_student() -> Any:
+        torch.manual_seed(0)
+        return make_student(teacher, num_layers=2)
+
+    def send(obj: Any) -> None:
+        print("@@" + json.dumps(obj), flush=True)
+
+    send({"ready": textbrewer.__version__})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["command"] == "quit":
+            return
+        student = fresh_student()
+        optimizer = trainer_optimizer(student.parameters())
+        distiller = distiller_for(student)
+        if request["command"] == "burst":
+            times, start = [], [0.0]
+            pre = teacher.register_forward_pre_hook(lambda *_, s=start: s.__setitem__(0, time.perf_counter()))
+            post = optimizer.register_step_post_hook(
+                lambda *_, s=start, t=times: t.append(time.perf_counter() - s[0])
+            )
+            with distiller:
+                distiller.train(
+                    optimizer, batches, num_steps=int(request["value"]), max_grad_norm=MAX_GRAD_NORM
+                )
+            pre.remove()
+            post.remove()
+            send({"times": times[1:]})
+        elif request["command"] == "job":
+            # The end-to-end job: `value` epochs over the whole training split, shuffled, dynamic padding.
+            from bench.common import TaskSpec
+
+            started = time.perf_counter()
+            _, tokenized, tokenizer = load_task(TaskSpec(**config["spec"]))
+            train = tokenized["train"]
+            loader = torch.utils.data.DataLoader(
+                train,
+                batch_size=config["batch_size"],
+                shuffle=True,
+                collate_fn=DataCollatorWithPadding(tokenizer),
+                generator=torch.Generator().manual_seed(0),
+            )
+            load_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            with distiller:
+                distiller.train(
+                    optimizer, loader, num_epochs=int(request["value"]), max_grad_norm=MAX_GRAD_NORM
+                )
+            send({"seconds": time.perf_counter() - started, "load_seconds": load_seconds})
+
+
+# ---- end to end -----------------------------------------------------------------------------------------------
+
+LEVERS = {
+    "none": "hf-kd, live teacher, no lever",
+    "cache": "+ cached teacher logits (teacher run once, time included)",
+    "group_by_length": "+ length-grouped batches (train_sampling_strategy='group_by_length')",
+    "bf16_teacher": "+ bfloat16 teacher (teacher_dtype='bfloat16')",
+    "all": "all levers: bf16 teacher makes the cache, length-grouped batches",
+}
+
+
+def hfkd_job(setting: Setting, lever: str, epochs: int) -> float:
+    """Wall seconds of an `epochs`-epoch distillation over the whole training split, with one lever (or all)."""
+    from hf_kd import DistillationConfig, DistillationTrainer, cache_teacher_outputs
+
+    started = time.perf_counter()
+    teacher = (
+        setting.teacher if lever in ("none", "group_by_length", "cache") else copy.deepcopy(setting.teacher)
+    )
+    train = setting.train
+    extra: dict[str, Any] = {}
+    if lever in ("group_by_length", "all"):
+        extra["train_sampling_strategy"] = "group_by_length"
+    if lever == "bf16_teacher":
+        extra["teacher_dtype"] = "bfloat16"
+    if lever in ("cache", "all"):
+        if lever == "all":
+            teacher = teacher.to(torch.bfloat16)
+        train = cache_teacher_outputs(
+            teacher, train, batch_size=64, tokenizer=setting.tokenizer, device="cpu"
+        )
+        teacher = None
+    args = DistillationConfig(
+        **base_args(
+            os.path.join(RESULTS_DIR, "tmp", "job"),
+            0,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=setting.batch_size,
+            learning_rate=LEARNING_RATE,
+            max_grad_norm=MAX_GRAD_NORM,
+        ),
+        temperature=TEMPERATURE,
+        alpha=ALPHA,
+        **extra,
+    )
+    trainer = DistillationTrainer(
+        model=setting.student(),
+        args=args,
+        teacher_model=teacher,
+        train_dataset=train,
+        processing_class=setting.tokenizer,
+    )
+    quiet_trainer(trainer).train()
+    return time.perf_counter() - started
+
+
+def teacher_forward_levers(setting: Setting, rounds: int) -> dict[str, float]:
+    """Median seconds of one teacher forward on a training batch: no_grad (what the trainer does),
+    inference_mode, and bfloat16 weights; interleaved."""
+    bf16 = copy.deepcopy(setting.teacher).to(torch.bfloat16)
+    inputs = Setting._inputs(setting.batches[0])
+    runs: dict[str, list[float]] = {"no_grad": [], "inference_mode": [], "bf16_no_grad": []}
+    for _ in range(rounds):
+        for name, model, context in (
+            ("no_grad", setting.teacher, torch.no_grad),
+            ("inference_mode", setting.teacher, torch.inference_mode),
+            ("bf16_no_grad", bf16, torch.no_grad),
+        ):
+            with context():
+                model(**inputs)  # warm-up
+                start = time.perf_counter()
+                model(**inputs)
+                runs[name].append(time.perf_counter() - start)
+    return {name: median(values) for name, values in runs.items()}
+
+
+# ---- the benchmark ------------------------------------------------------------------------------------------
+
+
+def run(
+    quick: bool = False,
+    rounds: int | None = None,
+    burst: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    log: Any = print,
+) -> dict[str, Any]:
+    quiet_transformers()
+    rounds = rounds or (2 if quick else 5)
+    burst = burst or (3 if quick else 7)
+    epochs = epochs or (1 if quick else 3)
+    info = machine_info()
+    setting = Setting(quick, batch_size, max_length, log=log)
+    runners = {
+        "floor_live": lambda: setting.floor_burst("live", burst),
+        "floor_cached": lambda: setting.floor_burst("cached", burst),
+        "floor_none": lambda: setting.floor_burst("none", burst),
+        "hfkd_live": lambda: setting.trainer_burst("hfkd_live", burst),
+        "hfkd_hidden": lambda: setting.trainer_burst("hfkd_hidden", burst),
+        "hfkd_cached": lambda: setting.trainer_burst("hfkd_cached", burst),
+        "trainer": lambda: setting.trainer_burst("trainer", burst),
+    }
+    worker = None
+    textbrewer_error = None
+    if os.path.isfile(TEXTBREWER_PYTHON):
+        try:
+            worker = TextBrewerWorker(setting)
+            runners["textbrewer"] = lambda: worker.ask("burst", burst)["times"]
+        except Exception as err:  # reported on the page instead of the row
+            textbrewer_error = f"TextBrewer worker failed: {err}"
+    else:
+        textbrewer_error = "TextBrewer not set up: run `bash bench/textbrewer_setup.sh`"
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    try:
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+            for name in order:
+                times[name] += runners[name]()
+            log(f"step cost: round {r + 1}/{rounds} done")
+        levers = teacher_forward_levers(setting, rounds=3 if quick else 7)
+        jobs: dict[str, float] = {}
+        if worker is not None:
+            jobs["textbrewer"] = worker.ask("job", epochs)["seconds"]
+            log(f"end to end: TextBrewer {jobs['textbrewer']:.1f} s")
+        for lever in LEVERS:
+            jobs[lever] = hfkd_job(setting, lever, epochs)
+            log(f"end to end: hf-kd {lever} {jobs[lever]:.1f} s")
+    finally:
+        if worker is not None:
+            worker.close()
+    return {
+        "machine": info,
+        "quick": quick,
+        "settings": {
+            "batch_size": setting.batch_size,
+            "max_length": setting.spec.max_length,
+            "rounds": rounds,
+            "burst": burst,
+            "epochs": epochs,
+            "temperature": TEMPERATURE,
+            "alpha": ALPHA,
+            "hidden_weight": HIDDEN_WEIGHT,
+            "train_examples": len(setting.train),
+            "teacher": str(teacher_path()),
+        },
+        "step_seconds": {name: median(values) for name, values in times.items()},
+        "step_samples": times,
+        "teacher_forward_seconds": levers,
+        "job_seconds": jobs,
+        "textbrewer_error": textbrewer_error,
+    }
+
+
+def report(data: dict[str, Any]) -> str:
+    s = data["settings"]
+    steps = data["step_seconds"]
+    floor = steps["floor_live"]
+    rows = []
+    for name, label in METHODS.items():
+        if name not in steps:
+            rows.append([label, "not run", "", ""])
+            continue
+        rows.append(
+            [label, f"{steps[name]:.3f}", f"{steps[name] / floor:.2f}", len(data["step_samples"][name])]
+        )
+    parts = [
+        f"Batch {s['batch_size']}, max length {s['max_length']}, 2-layer student, T = {s['temperature']:g}, "
+        f"alpha = {s['alpha']:g}; {s['rounds']} interleaved rounds of {s['burst']}-step bursts, first step of each "
+        "burst dropped; median seconds per step.\n",
+        markdown_table(["method", "s / step", "ratio to floor (live)", "steps measured"], rows),
+    ]
+    checks = []
+    if "hfkd_live" in steps:
+        r = steps["hfkd_live"] / floor
+        checks.append(
+            f"- hf-kd live teacher / floor: {r:.3f} (goal <= 1.05: {'met' if r <= 1.05 else 'NOT met'})"
+        )
+    if "hfkd_cached" in steps and "trainer" in steps:
+        r = steps["hfkd_cached"] / steps["trainer"]
+        checks.append(
+            f"- hf-kd cached / plain Trainer: {r:.3f} (goal <= 1.05: {'met' if r <= 1.05 else 'NOT met'})"
+        )
+    if "hfkd_cached" in steps:
+        checks.append(f"- hf-kd cached / floor (cached): {steps['hfkd_cached'] / steps['floor_cached']:.3f}")
+    if "trainer" in steps:
+        checks.append(f"- plain Trainer / floor (no teacher): {steps['trainer'] / steps['floor_none']:.3f}")
+    if "textbrewer" in steps:
+        checks.append(
+            f"- TextBrewer / floor: {steps['textbrewer'] / floor:.3f}; "
+            f"hf-kd live / TextBrewer: {steps['hfkd_live'] / steps['textbrewer']:.3f}"
+        )
+    if data.get("textbrewer_error"):
+        checks.append(f"- {data['textbrewer_error']}")
+    parts.append("\n" + "\n".join(checks) + "\n")
+
+    lev = data["teacher_forward_seconds"]
+    parts.append(
+        "Teacher forward alone (one training batch, median, interleaved):\n\n"
+        + markdown_table(
+            ["teacher forward", "s", "ratio to no_grad"],
+            [
+                ["float32, torch.no_grad (hf-kd's trainer)", f"{lev['no_grad']:.4f}", "1.00"],
+                [
+                    "float32, torch.inference_mode",
+                    f"{lev['inference_mode']:.4f}",
+                    f"{lev['inference_mode'] / lev['no_grad']:.2f}",
+                ],
+                [
+                    "bfloat16 weights, torch.no_grad",
+                    f"{lev['bf16_no_grad']:.4f}",
+                    f"{lev['bf16_no_grad'] / lev['no_grad']:.2f}",
+                ],
+            ],
+        )
+        + "\n"
+    )
+    jobs = data["job_seconds"]
+    base = jobs.get("textbrewer")
+    rows = []
+    if base is not None:
+        rows.append(["TextBrewer 0.2.1.post1, live teacher", f"{base:.1f}", "1.00"])
+    for lever, label in LEVERS.items():
+        if lever in jobs:
+            rows.append([label, f"{jobs[lever]:.1f}", f"{jobs[lever] / base:.2f}" if base else "n/a"])
+    parts.append(
+        f"End to end: {s['epochs']}-epoch distillation over the {s['train_examples']} training examples, "
+        "wall seconds from models in memory to training done (caching included where used):\n\n"
+        + markdown_table(["job", "wall s", "ratio to TextBrewer"], rows)
+    )
+    if base:
+        best = min(v for k, v in jobs.items() if k != "textbrewer")
+        r = best / base
+        parts.append(
+            f"\n- Best hf-kd job / TextBrewer: {r:.2f} (goal <= 0.65: {'met' if r <= 0.65 else 'NOT met'})\n"
+        )
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every path")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 2)")
+    parser.add_argument("--burst", type=int, help="steps per burst, the first dropped (default 7; quick 3)")
+    parser.add_argument("--epochs", type=int, help="epochs of the end-to-end jobs (default 3; quick 1)")
+    parser.add_argument("--output", help="JSON file (default bench/results/step_cost[_quick].json)")
+    parser.add_argument("--textbrewer-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.textbrewer_worker:
+        textbrewer_worker(args.textbrewer_worker)
+        return None
+    data = run(args.quick, args.rounds, args.burst, args.epochs, log=lambda m: print(m, flush=True))
+    save_json(
+        data,
+        args.output or os.path.join(RESULTS_DIR, "step_cost_quick.json" if args.quick else "step_cost.json"),
+    )
+    print(machine_line(data["machine"]))
+    print(report(data))
+    return data
+
+
+if __name__ == "__main__":
+    main()
