@@ -22,7 +22,7 @@ import hf_kd
 from hf_kd import DistillationConfig, DistillationTrainer
 
 CASES = 40
-SEED = 20261128
+SEED = 3  # chosen so that the 40 cases mix all three outcomes (see the printed counts)
 HF_KD_DIR = os.path.dirname(os.path.abspath(hf_kd.__file__))
 NAN, INF = float("nan"), float("inf")
 
@@ -58,6 +58,11 @@ def _case(rng: random.Random) -> tuple[dict, dict]:
     for name, (good, bad) in CHOICES.items():
         if rng.random() < 0.4:
             config[name] = rng.choice(bad) if rng.random() < 0.12 else rng.choice(good)
+    for kind, finals in (("alpha", [0.0, 0.2, 1.0]), ("temperature", [1.0, 8.0])):
+        # A schedule mostly comes with its end value, else most cases would stop at that one error.
+        if config.get(f"{kind}_schedule") in ("linear", "cosine") and f"{kind}_final" not in config:
+            if rng.random() < 0.8:
+                config[f"{kind}_final"] = rng.choice(finals)
     models = {
         "token": rng.random() < 0.25,
         "student_layers": rng.choice([1, 2]),
