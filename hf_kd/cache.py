@@ -301,6 +301,12 @@ def cache_teacher_outputs(
                 num_classes = int(logits.shape[-1])
                 token_level = logits.dim() == 3  # (B, L, C) rather than (B, C)
                 if top_k is None:
+                    if token_level and num_classes > 1000 and start == 0:
+                        logger.warning(
+                            "Caching full %d-way logits at every token (about %d bytes per token): pass "
+                            "top_k=<e.g. 64> and temperature=<the run's> to store only the top-k log-probabilities.",
+                            num_classes, 4 * num_classes,
+                        )  # fmt: skip
                     values = {TEACHER_LOGITS: logits}
                 else:
                     if top_k > num_classes:

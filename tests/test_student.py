@@ -226,3 +226,18 @@ def test_unsupported_architecture_names_the_supported_ones():
         ValueError, match=r"GPT2LMHeadModel.*bert, roberta, distilbert, electra, albert, deberta-v2"
     ):
         make_student(tf.GPT2LMHeadModel(config), num_layers=1)
+
+
+def test_albert_with_several_groups_keeps_the_groups_its_layers_use():
+    config = _configs()["albert"]
+    config.num_hidden_groups = 2  # layers 1-2 run group 0, layers 3-4 group 1
+    torch.manual_seed(0)
+    teacher = tf.AlbertForSequenceClassification(config).eval()
+    student = make_student(teacher, num_layers=2)  # layers 2 and 4: groups 0 and 1
+    assert student.config.num_hidden_groups == 2
+    _assert_copied(student, teacher, CONTAINERS["albert"], {0: 0, 1: 1})
+    late = make_student(teacher, layers=[3, 4])  # both in group 1
+    assert late.config.num_hidden_groups == 1
+    _assert_copied(late, teacher, CONTAINERS["albert"], {0: 1})
+    with pytest.raises(ValueError, match=r"layer groups \[0, 1, 1\].*cannot reproduce"):
+        make_student(teacher, layers=[1, 3, 4])
