@@ -322,16 +322,14 @@ def run_distill(argv: Sequence[str]) -> int:
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path
     )
-    tokenized = tokenize_dataset(raw, tokenizer, data_args.max_length)
+    # Cut to the requested sizes before tokenising, so quick runs do not tokenise the whole corpus.
     if data_args.max_train_samples:
-        tokenized["train"] = tokenized["train"].select(
-            range(min(data_args.max_train_samples, len(tokenized["train"])))
-        )
+        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
     if data_args.max_eval_samples:
         for split in ("validation", "test"):
-            if split in tokenized:
-                n = min(data_args.max_eval_samples, len(tokenized[split]))
-                tokenized[split] = tokenized[split].select(range(n))
+            if split in raw:
+                raw[split] = raw[split].select(range(min(data_args.max_eval_samples, len(raw[split]))))
+    tokenized = tokenize_dataset(raw, tokenizer, data_args.max_length)
 
     trainer = DistillationTrainer(
         model=student,
