@@ -511,7 +511,7 @@ class DistillationTrainer(Trainer):
             if training:
                 # Called outside Trainer's loop (no step counts): a per-micro-batch mean, scaled as Trainer would.
                 scale = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        counts = counts.clamp_min(1.0)
+        counts = counts.clamp_min(1.0).float()  # exact counts, but no float64 promotion of the loss
 
         components: dict[str, torch.Tensor] = {}
         attention_mask = inputs.get("attention_mask")

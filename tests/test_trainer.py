@@ -413,3 +413,9 @@ def test_pickled_arguments_carry_no_hub_token(tmp_out):
     assert b"hf_secret_value" not in data
     restored = pickle.loads(data)
     assert restored.hub_token is None and restored.temperature == args.temperature
+
+
+def test_training_loss_stays_float32(tmp_out):
+    teacher, student = pair("BertForSequenceClassification")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_out))
+    assert trainer.compute_loss(student, fixed_batch("sequence")).dtype == torch.float32
