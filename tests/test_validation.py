@@ -324,6 +324,27 @@ def test_length_check_sees_rows_selected_from_a_longer_dataset(tmp_out):
         _trainer(tmp_out, tiny_model(seed=0), tiny_model(seed=1), mixed.select(range(10)))
 
 
+def test_tokenizer_max_length_beyond_the_position_table_warns_when_the_data_cannot_be_read(tmp_out, caplog):
+    # A plain list of examples has no Arrow column to measure: the tokenizer's model_max_length is then the only
+    # hint, and longer inputs are possible but not certain, so it is a warning.
+    import logging
+
+    rows = tiny_classification_dataset(8)
+    examples = [rows[i] for i in range(len(rows))]
+    tokenizer = _tokenizer("s", WORDS)
+    tokenizer.model_max_length = 512
+    with caplog.at_level(logging.WARNING, logger="hf_kd.validation"):
+        DistillationTrainer(
+            model=tiny_model(seed=0),
+            args=_args(tmp_out),
+            teacher_model=tiny_model(seed=1),
+            train_dataset=examples,
+            processing_class=tokenizer,
+        )
+    messages = [r.getMessage() for r in caplog.records if r.name == "hf_kd.validation"]
+    assert any("model_max_length=512 exceeds the student's position limit of 64" in m for m in messages)
+
+
 # ---- cached teacher logits ------------------------------------------------------------------------------
 
 
