@@ -147,6 +147,9 @@ class DistillationTrainer(Trainer):
         teacher_model: the teacher, a list of teachers (an ensemble sharing the student's label space), or
             `None` when every batch carries cached teacher logits (see `hf_kd.cache_teacher_outputs`).
         teacher_weights: weights of the ensemble members (default: equal).
+        teacher_tokenizer: the teacher's tokenizer, if it may differ from `processing_class` (the student's): both
+            are run on a few fixed strings at construction, and different token ids are an error, since teacher
+            and student read the same `input_ids`.
         peft_config: a `peft` config (e.g. `LoraConfig`) that turns the student into a PEFT model, or `True` for
             LoRA r=8, alpha=16 on peft's default layers for the architecture (`hf_kd.peft_utils`). Only the
             adapter (plus the head for classification tasks, and any projections) trains.
