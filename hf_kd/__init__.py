@@ -32,10 +32,13 @@ _EXPORTS = {
     "measure_model": "compression",
     "compare_models": "compression",
     "quantize_dynamic_int8": "compression",
-    "prune_heads": "compression",
+    "prune_heads": "pruning",
     "tune_distillation": "tuning",
     "create_distillation_model_card": "model_card",
     "push_distilled_model": "hub",
+    "shutdown_distributed": "distributed",
+    "make_peft_student": "peft_utils",
+    "save_merged": "peft_utils",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
