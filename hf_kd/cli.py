@@ -77,7 +77,8 @@ class ModelArguments:
         student_layers (`int`, *optional*):
             Build the student from the teacher with `hf_kd.make_student(teacher, num_layers=...)`.
         student_layer_ids (`list[int]`, *optional*):
-            Build the student from exactly these teacher layers (`hf_kd.make_student(teacher, layers=...)`).
+            Build the student from exactly these teacher layers, counted from 1
+            (`hf_kd.make_student(teacher, layers=...)`).
         tokenizer_name_or_path (`str`, *optional*):
             Tokenizer to use; defaults to the teacher's.
     """
@@ -103,7 +104,7 @@ class ModelArguments:
     student_layer_ids: list[int] | None = field(
         default=None,
         metadata={
-            "help": "Build the student from exactly these teacher layers (hf_kd.make_student(layers=...))."
+            "help": "Build the student from exactly these teacher layers, counted from 1 (make_student(layers=...))."
         },
     )
     tokenizer_name_or_path: str | None = field(
@@ -384,6 +385,7 @@ def _evaluate_teacher(trainer: Any, dataset: Any) -> dict[str, float]:
     plain = Trainer(
         model=teacher,
         args=trainer.args,
+        eval_dataset=dataset,  # Trainer refuses an eval_strategy other than "no" without one
         data_collator=trainer.data_collator,
         processing_class=trainer.processing_class,
     )

@@ -107,6 +107,8 @@ def test_intermediate_losses_config_runs_end_to_end(tmp_path):
             "1",
             "--per_device_train_batch_size",
             "8",
+            "--logging_steps",
+            "1",
             "--use_cpu",
             "true",
         ]
@@ -118,4 +120,6 @@ def test_intermediate_losses_config_runs_end_to_end(tmp_path):
     train_log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     logged = {k for entry in train_log for k in entry}
     # Every term of the config's loss was computed: soft targets, hard labels, hidden states, attention, embeddings.
-    assert {"loss_kd", "loss_ce", "loss_hidden", "loss_attention", "loss_embedding"} <= logged
+    components = {"loss_kd", "loss_ce", "loss_hidden", "loss_attention", "loss_embedding"}
+    assert components <= logged
+    assert {f"eval_{name}" for name in components} <= logged
