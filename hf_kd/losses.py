@@ -19,7 +19,8 @@ Tensor = torch.Tensor
 
 def _reduce(per_item: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
     if mask is not None:
-        per_item = per_item * mask.to(per_item.dtype)
+        # where, not a product: a NaN or inf at a masked (padding) position must not reach the result.
+        per_item = torch.where(mask.bool(), per_item, torch.zeros_like(per_item))
         count = mask.to(per_item.dtype).sum()
     else:
         count = torch.tensor(float(per_item.numel()), device=per_item.device)

@@ -676,13 +676,39 @@ class DistillationTrainer(Trainer):
         location = f"global step {self.state.global_step}, micro-batch {self._micro_batch}"
         if self.args.nonfinite_policy == "skip" and training:
             self.nonfinite_skipped += 1
-            logger.warning("Non-finite values in %s at %s: skipping this micro-batch.", what, location)
+            self._skip_optimizer_step = True
+            logger.warning("Non-finite values in %s at %s: skipping this optimizer step.", what, location)
             # A zero that still reaches every trainable parameter keeps DDP's gradient hooks in step.
             return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), torch.tensor(0.0))
         raise NonFiniteLossError(
             f"NaN or inf in {what} at {location}: check the inputs of this batch, lower the learning rate, "
             "or train in bf16 instead of fp16; nonfinite_policy='skip' drops such micro-batches instead"
         )
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self.args.nonfinite_policy == "skip" and not getattr(optimizer, "_hf_kd_guarded", False):
+            self._guard_optimizer_step(optimizer)
+        return optimizer
+
+    def _guard_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """nonfinite_policy='skip': an optimizer step that saw a non-finite micro-batch is not taken at all, on
+        any process. A zero gradient alone is not enough: Adam's moments would still move the weights."""
+        step = optimizer.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            flag = torch.tensor(float(self._skip_optimizer_step), device=self.args.device)
+            if self.args.world_size > 1:
+                flag = self.accelerator.reduce(flag, reduction="sum")
+            self._skip_optimizer_step = False
+            if flag.item() > 0:
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step
+        optimizer._hf_kd_guarded = True
+
+    _skip_optimizer_step = False
 
     # ---- logging and evaluation ------------------------------------------------------------------------
 

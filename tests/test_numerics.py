@@ -150,3 +150,33 @@ def test_negative_infinity_is_a_legitimate_masked_logit(tmp_out):
     after = _params(student)
     assert all(torch.isfinite(v).all() for v in after.values())
     assert any(not torch.equal(after[k], before[k]) for k in before)
+
+
+def test_skip_policy_takes_no_optimizer_step_even_with_adam(tmp_path):
+    # With AdamW a zero gradient still moves the weights (its moments carry the previous step), so a skipped
+    # step must not call the optimizer at all: a 2-step run whose 2nd step is poisoned ends where a 1-step run
+    # ends, exactly, and Adam's own step counter agrees.
+    def run(out: str, steps: int, poison: set[int]) -> tuple[dict[str, torch.Tensor], DistillationTrainer]:
+        student, teacher = tiny_model(seed=0), tiny_model(seed=1)
+        _poison_teacher(teacher, calls=poison)
+        trainer = _trainer(out, student, teacher, max_steps=steps, nonfinite_policy="skip")
+        trainer.train()
+        return _params(student), trainer
+
+    one_step, _ = run(str(tmp_path / "a"), 1, set())
+    skipped, trainer = run(str(tmp_path / "b"), 2, {1})
+    for name, value in one_step.items():
+        assert torch.equal(skipped[name], value), name
+    adam_steps = {int(s["step"]) for s in trainer.optimizer.optimizer.state.values()}
+    assert adam_steps == {1}
+
+
+def test_nan_at_a_masked_position_does_not_reach_the_loss():
+    from hf_kd.losses import hidden_state_loss, soft_target_loss
+
+    s = torch.tensor([[[1.0, 2.0], [float("nan"), 0.0]]])
+    t = torch.tensor([[[0.5, 2.5], [1.0, 1.0]]])
+    mask = torch.tensor([[1, 0]])
+    assert hidden_state_loss(s, t, mask).item() == pytest.approx(((0.5**2) + (0.5**2)) / 2)
+    logits = torch.tensor([[[0.0, 1.0], [float("nan"), 1.0]]])
+    assert torch.isfinite(soft_target_loss(logits, torch.zeros(1, 2, 2), 2.0, mask=mask))
