@@ -88,7 +88,7 @@ def _subset(dataset: Any, size: int | None, seed: int) -> Any:
     """A stratified subset of `size` examples (the whole split when size is None or not smaller)."""
     if size is None or size >= len(dataset):
         return dataset
-    return dataset.train_test_split(train_size=size, seed=seed, stratify_by_column="labels")["train"]
+    return dataset.train_test_split(train_size=size, seed=seed, stratify_by_column="label")["train"]
 
 
 def _training_args(
@@ -237,9 +237,11 @@ def run_demo(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     raw = load_bbc_news(seed=seed)
     id2label, label2id = label_maps(raw)
+    # Subsets (quick mode) are taken before tokenising, so a quick run does not tokenise the whole corpus.
+    raw["train"] = _subset(raw["train"], settings.train_size, seed)
+    raw["test"] = _subset(raw["test"], settings.test_size, seed)
     data = tokenize_dataset(raw, tokenizer, settings.max_length)
-    train = _subset(data["train"], settings.train_size, seed)
-    test = _subset(data["test"], settings.test_size, seed)
+    train, test = data["train"], data["test"]
     results["data"] = {"train": len(train), "validation": len(data["validation"]), "test": len(test)}
     done("data", start)
 
