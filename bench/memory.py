@@ -4,8 +4,10 @@
     python bench/memory.py --quick    # tiny sizes
 
 Each configuration runs in a fresh Python process (a process's peak RSS never goes down, so sharing one would
-mix them up). The child loads everything, records its RSS before training, trains `steps` steps, and reports
-`resource.getrusage(RUSAGE_SELF).ru_maxrss` (the kernel's high-water mark) as its peak.
+mix them up). The parent saves the 2-layer student and the cached-logit training set first, so a configuration
+without a live teacher never loads the teacher. The child loads what its configuration needs, records its RSS
+before training, trains `steps` steps, and reports `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the kernel's
+high-water mark) as its peak.
 """
 
 from __future__ import annotations
@@ -51,24 +53,47 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def child(config: str, quick: bool, steps: int, batch_size: int, max_length: int) -> dict[str, Any]:
-    """Runs in the fresh process: train `steps` steps of one configuration, return RSS figures in MiB."""
-    from transformers import Trainer, TrainingArguments
+def _paths(quick: bool) -> tuple[str, str]:
+    base = os.path.join(RESULTS_DIR, "tmp", f"memory{'_quick' if quick else ''}")
+    return os.path.join(base, "student"), os.path.join(base, "cached_train")
 
-    from hf_kd import DistillationConfig, DistillationTrainer, cache_teacher_outputs, make_student
 
-    quiet_transformers()
-    spec = TaskSpec("bbc_news", 32, 96, 32) if quick else TaskSpec("bbc_news", max_length)
-    recipe = TeacherRecipe(epochs=1, batch_size=16) if quick else TeacherRecipe(epochs=1, learning_rate=5e-4)
+def _setting(quick: bool) -> tuple[TaskSpec, TeacherRecipe]:
+    if quick:
+        return TaskSpec("bbc_news", 32, 96, 32), TeacherRecipe(epochs=1, batch_size=16)
+    return TaskSpec("bbc_news", 128), TeacherRecipe(epochs=1, learning_rate=5e-4)
+
+
+def prepare(quick: bool) -> None:
+    """In the parent: save the 2-layer student and the cached-logit training set, so that a child that trains
+    without a teacher never loads one (its weights would stay in the peak)."""
+    from hf_kd import cache_teacher_outputs, make_student
+
+    spec, recipe = _setting(quick)
     _, tokenized, tokenizer = load_task(spec)
     teacher, _ = finetuned_teacher(spec, 0, recipe)  # seed 0: the teacher step_cost.py and quality.py use
-    train = tokenized["train"]
-    if config == "cached":
-        train = cache_teacher_outputs(teacher, train, batch_size=64, tokenizer=tokenizer, device="cpu")
-    student = make_student(teacher, num_layers=2)
-    if config in ("plain", "cached"):
-        del teacher  # neither run holds the teacher during training
-        teacher = None
+    student_dir, cached_dir = _paths(quick)
+    make_student(teacher, num_layers=2).save_pretrained(student_dir)
+    cached = cache_teacher_outputs(
+        teacher, tokenized["train"], batch_size=64, tokenizer=tokenizer, device="cpu"
+    )
+    cached.save_to_disk(cached_dir)
+
+
+def child(config: str, quick: bool, steps: int, batch_size: int) -> dict[str, Any]:
+    """Runs in the fresh process: train `steps` steps of one configuration, return RSS figures in MiB."""
+    from datasets import load_from_disk
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    from hf_kd import DistillationConfig, DistillationTrainer
+
+    quiet_transformers()
+    spec, recipe = _setting(quick)
+    _, tokenized, tokenizer = load_task(spec)
+    student_dir, cached_dir = _paths(quick)
+    student = AutoModelForSequenceClassification.from_pretrained(student_dir)
+    train = load_from_disk(cached_dir) if config == "cached" else tokenized["train"]
+    teacher = finetuned_teacher(spec, 0, recipe)[0] if config in ("live", "hidden") else None
     common = base_args(
         os.path.join(RESULTS_DIR, "tmp", "memory"), 0, max_steps=steps, per_device_train_batch_size=batch_size
     )
@@ -91,6 +116,7 @@ def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict
     steps = steps or (3 if quick else 20)
     batch_size = 8 if quick else 32
     max_length = 32 if quick else 128
+    prepare(quick)
     results = {}
     for config in CONFIGS:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--steps", str(steps)]
@@ -141,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        result = child(args.child, args.quick, args.steps, 8 if args.quick else 32, 32 if args.quick else 128)
+        result = child(args.child, args.quick, args.steps, 8 if args.quick else 32)
         print("@@" + json.dumps(result), flush=True)
         return
     data = run(args.quick, args.steps, log=lambda m: print(m, flush=True))

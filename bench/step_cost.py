@@ -328,11 +328,13 @@ def textbrewer_worker(config_json: str) -> None:
             started = time.perf_counter()
             _, tokenized, tokenizer = load_task(TaskSpec(**config["spec"]))
             train = tokenized["train"]
+            collate = DataCollatorWithPadding(tokenizer)
             loader = torch.utils.data.DataLoader(
                 train,
                 batch_size=config["batch_size"],
                 shuffle=True,
-                collate_fn=DataCollatorWithPadding(tokenizer),
+                # TextBrewer calls model(**batch) only when type(batch) is dict; a BatchEncoding is not.
+                collate_fn=lambda features, c=collate: dict(c(features)),
                 generator=torch.Generator().manual_seed(0),
             )
             load_seconds = time.perf_counter() - started
@@ -468,8 +470,11 @@ def run(
         levers = teacher_forward_levers(setting, rounds=3 if quick else 7)
         jobs: dict[str, float] = {}
         if worker is not None:
-            jobs["textbrewer"] = worker.ask("job", epochs)["seconds"]
-            log(f"end to end: TextBrewer {jobs['textbrewer']:.1f} s")
+            try:
+                jobs["textbrewer"] = worker.ask("job", epochs)["seconds"]
+                log(f"end to end: TextBrewer {jobs['textbrewer']:.1f} s")
+            except RuntimeError as err:
+                textbrewer_error = f"TextBrewer end-to-end job failed: {err}"
         for lever in LEVERS:
             jobs[lever] = hfkd_job(setting, lever, epochs)
             log(f"end to end: hf-kd {lever} {jobs[lever]:.1f} s")
