@@ -344,6 +344,9 @@ def run_demo(
 
     # 6. the distilled student's model card and loss plot
     start = phase("model card")
+    # The student's config already names the public teacher (base_model); point the teacher at its saved folder
+    # now, so the card can report the teacher's size on disk too.
+    distil_trainer.teacher.config._name_or_path = os.path.join(output_dir, MODEL_DIRS["teacher"])
     card_path = _write_card(distil_trainer, distil_dir, teacher_test, distilled_test, settings)
     done("model card", start)
     phases.close()
