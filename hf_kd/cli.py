@@ -179,11 +179,6 @@ def _distill_parser() -> Any:
         "then the flags given here (flags win).",
     )
     parser.add_argument("--config", default=None, help="YAML file of field: value pairs (flags override it).")
-    for action in parser._actions:
-        # layer_map is typed Any (a strategy name or a mapping); take the raw string and let
-        # DistillationConfig parse it ('uniform', '1:3,2:6' or JSON).
-        if action.dest == "layer_map":
-            action.type = str
     return parser
 
 

@@ -176,7 +176,9 @@ class DistillationConfig(TrainingArguments):
     embedding_weight: float = field(
         default=0.0, metadata={"help": "Weight of the embedding-output matching term (0 = off)."}
     )
-    layer_map: Any = field(
+    # Typed `str` so HfArgumentParser gives a plain flag; a dict (Python, YAML) is accepted too and
+    # normalised in validate_distillation().
+    layer_map: str = field(
         default="uniform",
         metadata={
             "help": "Student-to-teacher layer mapping: 'uniform', 'last', or explicit like '1:3,2:6' or "

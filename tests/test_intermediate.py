@@ -242,3 +242,18 @@ def test_layer_map_beyond_the_teacher_is_named_at_construction(tmp_out):
     with pytest.raises(ValueError, match="teacher layer 9"):
         DistillationTrainer(model=student, teacher_model=teacher,
                             args=make_args(tmp_out, hidden_weight=1.0, layer_map="1:2,2:9"))
+
+
+def test_hfargumentparser_reads_layer_map_from_flags_dicts_and_yaml(tmp_path):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(DistillationConfig)
+    (flags,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--layer_map", "1:3,2:6", "--hidden_weight", "0.5", "--use_cpu", "true"]
+    )
+    (from_dict,) = parser.parse_dict({"output_dir": str(tmp_path), "layer_map": {"1": 3, "2": 6}})
+    config = tmp_path / "kd.yaml"
+    config.write_text(f"output_dir: {tmp_path}\ntemperature: 4.0\nlayer_map:\n  1: 3\n  2: 6\n")
+    (from_yaml,) = parser.parse_yaml_file(str(config))
+    assert flags.layer_map == from_dict.layer_map == from_yaml.layer_map == {1: 3, 2: 6}
+    assert flags.hidden_weight == 0.5 and from_yaml.temperature == 4.0
