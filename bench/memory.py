@@ -6,8 +6,9 @@
 Each configuration runs in a fresh Python process (a process's peak RSS never goes down, so sharing one would
 mix them up). The parent saves the 2-layer student and the cached-logit training set first, so a configuration
 without a live teacher never loads the teacher. The child loads what its configuration needs, records its RSS
-before training, trains `steps` steps, and reports `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the kernel's
-high-water mark) as its peak.
+before training, trains `steps` steps, and reports its resident high-water mark, VmHWM from /proc/self/status
+(`resource.getrusage(...).ru_maxrss` is kept in the JSON too, but Linux carries a forking parent's peak across exec
+into it, so under a big parent such as run_all.py it reports the parent's peak).
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ CONFIGS = {
 }
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: resident high-water mark), in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -106,10 +108,16 @@ def child(config: str, quick: bool, steps: int, batch_size: int) -> dict[str, An
         trainer = DistillationTrainer(
             model=student, args=args, teacher_model=teacher, train_dataset=train, processing_class=tokenizer
         )
-    before = _rss_mib()
+    before = _status_mib("VmRSS")
     quiet_trainer(trainer).train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    return {"rss_before_training_mib": before, "peak_rss_mib": peak}
+    # VmHWM is this process image's own high-water mark. getrusage's ru_maxrss is not: Linux carries the
+    # forking parent's peak across exec into it, so a child of a big parent would report the parent's peak.
+    peak = _status_mib("VmHWM")
+    return {
+        "rss_before_training_mib": before,
+        "peak_rss_mib": peak,
+        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
+    }
 
 
 def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict[str, Any]:

@@ -168,7 +168,8 @@ dropout; the split is fixed). "of teacher" is the student's mean accuracy over t
 
 ## 3. Memory
 
-Peak resident memory (`resource.getrusage`) of each configuration in a fresh process (`bench/memory.py`).
+Peak resident memory (VmHWM, the high-water mark of resident memory) of each configuration in a fresh process
+(`bench/memory.py`).
 
 {_section_text("memory", results.get("memory"))}
 
