@@ -41,7 +41,7 @@ def parse_layer_map(value: Any) -> str | dict[int, int]:
         except (TypeError, ValueError) as err:
             raise ValueError(
                 f"layer_map {value!r} must map integer student layers to integer teacher layers, "
-                'for example {1: 3, 2: 6} (0 is the embedding output)'
+                "for example {1: 3, 2: 6} (0 is the embedding output)"
             ) from err
     if isinstance(value, str):
         text = value.strip()
@@ -146,7 +146,8 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "How the temperature moves to temperature_final.", "choices": list(SCHEDULES)},
     )
     temperature_final: float | None = field(
-        default=None, metadata={"help": "Temperature at the last step when temperature_schedule is not constant."}
+        default=None,
+        metadata={"help": "Temperature at the last step when temperature_schedule is not constant."},
     )
     kd_positions: str = field(
         default="labelled",

@@ -29,7 +29,10 @@ def resolve_layer_map(
         )
     if layer_map == "uniform":
         # Python's round() is banker's rounding; use floor(x + 0.5) so 6 -> 4 gives 2, 3, 5, 6 as written.
-        return {m: int(m * num_teacher_layers / num_student_layers + 0.5) for m in range(1, num_student_layers + 1)}
+        return {
+            m: int(m * num_teacher_layers / num_student_layers + 0.5)
+            for m in range(1, num_student_layers + 1)
+        }
     if layer_map == "last":
         if num_student_layers > num_teacher_layers:
             raise ValueError(
@@ -98,7 +101,9 @@ class HiddenProjections(nn.Module):
         return hidden
 
 
-def format_layer_table(pairs: list[LayerPair], attention_layers: dict[int, int], weights: dict[str, float]) -> str:
+def format_layer_table(
+    pairs: list[LayerPair], attention_layers: dict[int, int], weights: dict[str, float]
+) -> str:
     """A plain-text table of the resolved mapping, logged at the start of training."""
     header = f"{'student':>7} {'teacher':>7} {'sizes':>11} {'projection':>10}  {'loss':<10} {'weight':>6}"
     rows = [header, "-" * len(header)]

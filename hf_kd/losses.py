@@ -52,7 +52,9 @@ def kl_from_log_probs(student_log_probs: Tensor, teacher_log_probs: Tensor) -> T
     teacher_probs = teacher_log_probs.exp()  # (..., C)
     # Mask the difference before multiplying: where both are -inf it is NaN, and NaN * 0 in the backward pass
     # would turn every gradient NaN even though the forward value ignores those classes.
-    diff = torch.where(teacher_probs > 0, teacher_log_probs - student_log_probs, torch.zeros_like(teacher_probs))
+    diff = torch.where(
+        teacher_probs > 0, teacher_log_probs - student_log_probs, torch.zeros_like(teacher_probs)
+    )
     return (teacher_probs * diff).sum(dim=-1)  # (...)
 
 
@@ -102,7 +104,9 @@ def ensemble_log_probs(
     if weights is None:
         weights = [1.0 / n] * n
     total = float(sum(weights))
-    log_w = torch.tensor([w / total for w in weights], dtype=torch.float32, device=teacher_logits[0].device).log()
+    log_w = torch.tensor(
+        [w / total for w in weights], dtype=torch.float32, device=teacher_logits[0].device
+    ).log()
     stacked = torch.stack([_finite_log_softmax(t, temperature) for t in teacher_logits])  # (N, ..., C)
     log_w = log_w.view(n, *([1] * (stacked.dim() - 1)))
     weighted = stacked + log_w  # (N, ..., C)
@@ -139,7 +143,9 @@ def topk_soft_target_loss(
 def hard_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
     """Cross-entropy with the true labels in float32; label -100 is ignored. logits (..., C), labels (...)."""
     per_item = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100,
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1).long(),
+        ignore_index=-100,
         reduction="none",
     ).view(labels.shape)
     return _reduce(per_item, labels.ne(-100), reduction)

@@ -86,7 +86,9 @@ def _as_distillation_config(args: TrainingArguments | None) -> DistillationConfi
     if args is None:
         return DistillationConfig(output_dir="trainer_output")
     logger.info("Upgrading TrainingArguments to DistillationConfig with default distillation settings.")
-    values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init and hasattr(args, f.name)}
+    values = {
+        f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init and hasattr(args, f.name)
+    }
     return DistillationConfig(**values)
 
 
@@ -181,7 +183,9 @@ class DistillationTrainer(Trainer):
 
             model = make_peft_student(model, peft_config)  # before Trainer sees it: only the adapter trains
         self._distillation_ready = False
-        self.teacher_tokenizer = teacher_tokenizer  # spot-checked against processing_class in _setup_distillation
+        self.teacher_tokenizer = (
+            teacher_tokenizer  # spot-checked against processing_class in _setup_distillation
+        )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.args: DistillationConfig
         self._setup_distillation(teacher_model, teacher_weights)
@@ -229,8 +233,14 @@ class DistillationTrainer(Trainer):
         alpha_min = min(args.alpha, args.alpha_final if args.alpha_schedule != "constant" else args.alpha)
         check_labels_present(self.train_dataset, args.alpha, self.label_names, alpha_min)
         check_setup(
-            self.model, teachers, args, self.train_dataset, self.task,
-            self.processing_class, self.teacher_tokenizer, self.optimizer,
+            self.model,
+            teachers,
+            args,
+            self.train_dataset,
+            self.task,
+            self.processing_class,
+            self.teacher_tokenizer,
+            self.optimizer,
         )
 
         if self.uses_cache and len(teachers) > 1:
@@ -311,7 +321,9 @@ class DistillationTrainer(Trainer):
             ]
         if args.embedding_weight > 0:
             t0 = mapping.get(0, 0)
-            pairs.insert(0, LayerPair(0, t0, _hidden_size(student, 0), _hidden_size(teacher, t0), "embedding"))
+            pairs.insert(
+                0, LayerPair(0, t0, _hidden_size(student, 0), _hidden_size(teacher, t0), "embedding")
+            )
         self.layer_pairs = pairs
         if args.attention_weight > 0:
             self.attention_layers = {s: t for s, t in mapping.items() if s > 0 and t > 0}
@@ -332,7 +344,9 @@ class DistillationTrainer(Trainer):
                     logger.warning(
                         "Switching the %s from attn_implementation=%r to 'eager' so that it returns attention "
                         "maps for attention_weight=%g (SDPA and flash kernels do not return them).",
-                        role, impl, args.attention_weight,
+                        role,
+                        impl,
+                        args.attention_weight,
                     )
                     base.set_attn_implementation("eager")
         weights = {
@@ -408,18 +422,26 @@ class DistillationTrainer(Trainer):
     @property
     def current_alpha(self) -> float:
         a = self.args
-        return scheduled_value(a.alpha, a.alpha_final, a.alpha_schedule, self.state.global_step, self.state.max_steps)
+        return scheduled_value(
+            a.alpha, a.alpha_final, a.alpha_schedule, self.state.global_step, self.state.max_steps
+        )
 
     @property
     def current_temperature(self) -> float:
         a = self.args
         return scheduled_value(
-            a.temperature, a.temperature_final, a.temperature_schedule, self.state.global_step, self.state.max_steps
+            a.temperature,
+            a.temperature_final,
+            a.temperature_schedule,
+            self.state.global_step,
+            self.state.max_steps,
         )
 
     # ---- item counts for exact normalisation ----------------------------------------------------------
 
-    def _kd_mask(self, inputs: dict[str, Any], targets: dict[str, Any], logits: torch.Tensor) -> torch.Tensor | None:
+    def _kd_mask(
+        self, inputs: dict[str, Any], targets: dict[str, Any], logits: torch.Tensor
+    ) -> torch.Tensor | None:
         """Which items enter the KD term: None (all examples) for sequence-level heads, else (B, L) bool."""
         if logits.dim() < 3 or self.task == "qa":
             return None
@@ -438,7 +460,11 @@ class DistillationTrainer(Trainer):
             ids = next(v for v in batch.values() if torch.is_tensor(v))
         batch_size = ids.shape[0]
         attention = batch.get("attention_mask")
-        tokens = attention.sum() if attention is not None else torch.tensor(ids[..., :].numel() if ids.dim() > 1 else batch_size)
+        tokens = (
+            attention.sum()
+            if attention is not None
+            else torch.tensor(ids[..., :].numel() if ids.dim() > 1 else batch_size)
+        )
         labels = batch.get("labels")
         token_level = self.task in TOKEN_LEVEL_TASKS or (labels is not None and labels.dim() >= 2)
         if self.task == "qa":
@@ -454,9 +480,16 @@ class DistillationTrainer(Trainer):
         else:
             labelled = labels.ne(-100).sum() if labels is not None else torch.tensor(batch_size)
             kd = torch.tensor(batch_size)
-        return torch.stack([torch.as_tensor(v).reshape(()).to(torch.float64).cpu() for v in (batch_size, labelled, kd, tokens)])
+        return torch.stack(
+            [
+                torch.as_tensor(v).reshape(()).to(torch.float64).cpu()
+                for v in (batch_size, labelled, kd, tokens)
+            ]
+        )
 
-    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list, Any]:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if batch_samples:
             counts = torch.stack([self._item_counts(b) for b in batch_samples]).sum(0)
@@ -513,7 +546,9 @@ class DistillationTrainer(Trainer):
             counts, scale = local_counts, 1.0
             if training:
                 # Called outside Trainer's loop (no step counts): a per-micro-batch mean, scaled as Trainer would.
-                scale = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+                scale = 1.0 / getattr(
+                    self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps
+                )
         counts = counts.clamp_min(1.0).float()  # exact counts, but no float64 promotion of the loss
 
         components: dict[str, torch.Tensor] = {}
@@ -528,11 +563,19 @@ class DistillationTrainer(Trainer):
                 s_logits = self._mask_padding(s_logits, attention_mask)
             if TEACHER_TOPK_LOG_PROBS in cached and teacher_outputs is None:
                 kd_sum = kd_sum + topk_soft_target_loss(
-                    s_logits, cached[TEACHER_TOPK_LOG_PROBS], cached[TEACHER_TOPK_INDICES], temperature, mask, "sum"
+                    s_logits,
+                    cached[TEACHER_TOPK_LOG_PROBS],
+                    cached[TEACHER_TOPK_INDICES],
+                    temperature,
+                    mask,
+                    "sum",
                 )
             elif teacher_log_probs is not None:
                 kd_sum = kd_sum + soft_target_loss(
-                    s_logits, temperature=temperature, mask=mask, reduction="sum",
+                    s_logits,
+                    temperature=temperature,
+                    mask=mask,
+                    reduction="sum",
                     teacher_log_probs=teacher_log_probs[i],
                 )
             else:
@@ -553,7 +596,9 @@ class DistillationTrainer(Trainer):
                 )
 
         if teacher_outputs is not None and (self.layer_pairs or self.attention_layers):
-            components.update(self._intermediate_losses(outputs, teacher_outputs[0], inputs, counts[N_TOKENS]))
+            components.update(
+                self._intermediate_losses(outputs, teacher_outputs[0], inputs, counts[N_TOKENS])
+            )
 
         total = alpha * components["kd"] + (1.0 - alpha) * components.get("ce", 0.0)
         for name, weight in (
@@ -582,7 +627,11 @@ class DistillationTrainer(Trainer):
         return total
 
     def _logits_for_kd(
-        self, outputs: Any, teacher_outputs: list[Any] | None, cached: dict[str, torch.Tensor], temperature: float,
+        self,
+        outputs: Any,
+        teacher_outputs: list[Any] | None,
+        cached: dict[str, torch.Tensor],
+        temperature: float,
         attention_mask: torch.Tensor | None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor] | None]:
         """Student logits, teacher logits (or ensemble log-probabilities), as lists of heads (QA has two)."""
@@ -643,7 +692,9 @@ class DistillationTrainer(Trainer):
         hidden_terms, embedding_term = [], None
         for pair, student_states in zip(self.layer_pairs, projected or ()):
             teacher_states = teacher_output["hidden_states"][pair.teacher_layer]
-            term = hidden_state_loss(student_states, teacher_states, attention_mask, self.args.hidden_loss, "sum")
+            term = hidden_state_loss(
+                student_states, teacher_states, attention_mask, self.args.hidden_loss, "sum"
+            )
             if pair.loss == "embedding":
                 embedding_term = term / n_tokens
             else:
@@ -664,7 +715,10 @@ class DistillationTrainer(Trainer):
         return result
 
     def _handle_nonfinite(
-        self, model: nn.Module, student_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor] | None,
+        self,
+        model: nn.Module,
+        student_logits: list[torch.Tensor],
+        teacher_logits: list[torch.Tensor] | None,
         training: bool,
     ) -> torch.Tensor:
         where = []
@@ -672,7 +726,10 @@ class DistillationTrainer(Trainer):
             where.append("teacher logits")
         if _nonfinite(*student_logits).item():
             where.append("student logits")
-        what = " and ".join(where) or "the distillation loss (logits finite, e.g. -inf where the teacher has mass)"
+        what = (
+            " and ".join(where)
+            or "the distillation loss (logits finite, e.g. -inf where the teacher has mass)"
+        )
         location = f"global step {self.state.global_step}, micro-batch {self._micro_batch}"
         if self.args.nonfinite_policy == "skip" and training:
             self.nonfinite_skipped += 1
@@ -713,9 +770,16 @@ class DistillationTrainer(Trainer):
     # ---- logging and evaluation ------------------------------------------------------------------------
 
     def _record(
-        self, components: dict[str, torch.Tensor], scale: float, training: bool, outputs: Any,
-        teacher_outputs: list[Any] | None, cached: dict[str, torch.Tensor], mask: torch.Tensor | None,
-        local_counts: torch.Tensor, alpha: float,
+        self,
+        components: dict[str, torch.Tensor],
+        scale: float,
+        training: bool,
+        outputs: Any,
+        teacher_outputs: list[Any] | None,
+        cached: dict[str, torch.Tensor],
+        mask: torch.Tensor | None,
+        local_counts: torch.Tensor,
+        alpha: float,
     ) -> None:
         if training:
             for name, value in components.items():
@@ -728,8 +792,13 @@ class DistillationTrainer(Trainer):
             return
         if self._eval_stats is None:
             return
-        n_for = {"kd": local_counts[N_KD], "ce": local_counts[N_LABELLED], "hidden": local_counts[N_TOKENS],
-                 "attention": local_counts[N_TOKENS], "embedding": local_counts[N_TOKENS]}
+        n_for = {
+            "kd": local_counts[N_KD],
+            "ce": local_counts[N_LABELLED],
+            "hidden": local_counts[N_TOKENS],
+            "attention": local_counts[N_TOKENS],
+            "embedding": local_counts[N_TOKENS],
+        }
         if self.task == "qa":
             n_for["ce"] = local_counts[N_EXAMPLES]
         for name, value in components.items():
@@ -771,8 +840,14 @@ class DistillationTrainer(Trainer):
             total += same.numel()
         return agree, total
 
-    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
-                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
         self._eval_stats = {}
         try:
             output = super().evaluation_loop(
@@ -847,7 +922,8 @@ class DistillationTrainer(Trainer):
         if not os.path.isfile(path):
             logger.warning(
                 "Checkpoint %s holds no %s: the hidden-size projections start from their initial values.",
-                resume_from_checkpoint, PROJECTIONS_FILE,
+                resume_from_checkpoint,
+                PROJECTIONS_FILE,
             )
             return
         from safetensors.torch import load_file
@@ -867,7 +943,9 @@ class DistillationTrainer(Trainer):
             # Trainer would take the highest checkpoint-N even if a kill left it half written.
             from .checkpoints import last_complete_checkpoint
 
-            found = last_complete_checkpoint(self.args.output_dir, require_projections=self.projections is not None)
+            found = last_complete_checkpoint(
+                self.args.output_dir, require_projections=self.projections is not None
+            )
             if found is None:
                 raise ValueError(
                     f"No complete checkpoint found in output directory ({self.args.output_dir}): start without "
@@ -898,10 +976,15 @@ class DistillationTrainer(Trainer):
         from .model_card import create_distillation_model_card
 
         return create_distillation_model_card(
-            self, language=language, license=license, tags=tags, model_name=model_name,
+            self,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
             base_model=kwargs.pop("base_model", finetuned_from),
             pipeline_tag=kwargs.pop("pipeline_tag", tasks if isinstance(tasks, str) else None),
-            dataset_name=kwargs.pop("dataset_name", dataset or dataset_tags), **kwargs,
+            dataset_name=kwargs.pop("dataset_name", dataset or dataset_tags),
+            **kwargs,
         )
 
     def push_to_hub(
@@ -929,8 +1012,10 @@ class DistillationTrainer(Trainer):
     def distillation_summary(self) -> dict[str, Any]:
         """The recipe of this run, for model cards and reports."""
         a = self.args
-        teacher_names = [getattr(getattr(t, "config", None), "_name_or_path", None) or type(t).__name__
-                         for t in (getattr(t, "module", t) for t in self.teachers)]
+        teacher_names = [
+            getattr(getattr(t, "config", None), "_name_or_path", None) or type(t).__name__
+            for t in (getattr(t, "module", t) for t in self.teachers)
+        ]
         return {
             "teachers": teacher_names,
             "teacher_placement": self.teacher_placement,
@@ -946,8 +1031,14 @@ class DistillationTrainer(Trainer):
             "attention_weight": a.attention_weight,
             "embedding_weight": a.embedding_weight,
             "layer_pairs": [
-                {"student_layer": p.student_layer, "teacher_layer": p.teacher_layer, "student_size": p.student_size,
-                 "teacher_size": p.teacher_size, "projected": p.projected, "loss": p.loss}
+                {
+                    "student_layer": p.student_layer,
+                    "teacher_layer": p.teacher_layer,
+                    "student_size": p.student_size,
+                    "teacher_size": p.teacher_size,
+                    "projected": p.projected,
+                    "loss": p.loss,
+                }
                 for p in self.layer_pairs
             ],
             "attention_layers": dict(self.attention_layers),

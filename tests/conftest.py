@@ -45,7 +45,9 @@ def tiny_model(cls_name: str = "BertForSequenceClassification", seed: int = 0, *
     return getattr(transformers, cls_name)(config)
 
 
-def tiny_classification_dataset(n: int = 16, seq_len: int = 12, num_labels: int = 3, seed: int = 0, pad: bool = True):
+def tiny_classification_dataset(
+    n: int = 16, seq_len: int = 12, num_labels: int = 3, seed: int = 0, pad: bool = True
+):
     """Random token ids with variable lengths (right padding) and labels, as a datasets.Dataset."""
     from datasets import Dataset
 

@@ -43,7 +43,8 @@ def test_explicit_layer_map_from_yaml_json_and_flag_strings():
 
 
 @pytest.mark.parametrize(
-    "mapping, message", [({3: 1}, "student layer 3"), ({1: 7}, "teacher layer 7"), ({-1: 2}, "student layer -1")]
+    "mapping, message",
+    [({3: 1}, "student layer 3"), ({1: 7}, "teacher layer 7"), ({-1: 2}, "student layer -1")],
 )
 def test_layer_map_out_of_range_is_named(mapping, message):
     with pytest.raises(ValueError, match=message):
@@ -56,8 +57,17 @@ def test_garbage_layer_map_is_named():
 
 
 def make_args(out, **kw):
-    defaults = dict(output_dir=out, per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no",
-                    logging_steps=1, learning_rate=1e-3, seed=0, disable_tqdm=True)
+    defaults = dict(
+        output_dir=out,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-3,
+        seed=0,
+        disable_tqdm=True,
+    )
     defaults.update(kw)
     return DistillationConfig(**defaults)
 
@@ -76,8 +86,15 @@ def padded_batch():
 
 def test_intermediate_losses_equal_an_independent_computation(tmp_out):
     teacher, student = models()
-    args = make_args(tmp_out, alpha=0.4, temperature=2.0, hidden_weight=0.7, attention_weight=1.3, embedding_weight=0.2,
-                     hidden_loss="mse")
+    args = make_args(
+        tmp_out,
+        alpha=0.4,
+        temperature=2.0,
+        hidden_weight=0.7,
+        attention_weight=1.3,
+        embedding_weight=0.2,
+        hidden_loss="mse",
+    )
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
     batch = padded_batch()
     loss = trainer.compute_loss(student, dict(batch))
@@ -98,8 +115,10 @@ def test_intermediate_losses_equal_an_independent_computation(tmp_out):
     def token_mse(a, b):
         return ((a - b) ** 2).mean(-1)[mask].mean()
 
-    hidden = (token_mse(proj(1, s.hidden_states[1]), t.hidden_states[2])
-              + token_mse(proj(2, s.hidden_states[2]), t.hidden_states[4])) / 2
+    hidden = (
+        token_mse(proj(1, s.hidden_states[1]), t.hidden_states[2])
+        + token_mse(proj(2, s.hidden_states[2]), t.hidden_states[4])
+    ) / 2
     embedding = token_mse(proj(0, s.hidden_states[0]), t.hidden_states[0])
     att_terms = []
     for s_layer, t_layer in ((1, 2), (2, 4)):
@@ -111,8 +130,15 @@ def test_intermediate_losses_equal_an_independent_computation(tmp_out):
                 per_query.append(((a_s[b, :, q, :n] - a_t[b, :, q, :n]) ** 2).mean())
         att_terms.append(torch.stack(per_query).mean())
     attention = torch.stack(att_terms).mean()
-    kd = F.kl_div(torch.log_softmax(s.logits / 2, -1), torch.log_softmax(t.logits / 2, -1), reduction="batchmean",
-                  log_target=True) * 4
+    kd = (
+        F.kl_div(
+            torch.log_softmax(s.logits / 2, -1),
+            torch.log_softmax(t.logits / 2, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * 4
+    )
     ce = F.cross_entropy(s.logits, batch["labels"])
     expected = 0.4 * kd + 0.6 * ce + 0.7 * hidden + 1.3 * attention + 0.2 * embedding
     assert attention.item() > 0 and hidden.item() > 0
@@ -122,7 +148,9 @@ def test_intermediate_losses_equal_an_independent_computation(tmp_out):
 def test_cosine_hidden_loss_on_equal_sizes_needs_no_projection(tmp_out):
     teacher, student = models(student_hidden=48)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=make_args(tmp_out, alpha=1.0, hidden_weight=1.0, hidden_loss="cosine")
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_out, alpha=1.0, hidden_weight=1.0, hidden_loss="cosine"),
     )
     assert getattr(student, PROJECTIONS_ATTR, None) is None
     batch = padded_batch()
@@ -132,9 +160,19 @@ def test_cosine_hidden_loss_on_equal_sizes_needs_no_projection(tmp_out):
     with torch.no_grad():
         t = teacher(**inputs, output_hidden_states=True)
     s = student(**inputs, output_hidden_states=True)
-    cos = [(1 - F.cosine_similarity(s.hidden_states[m], t.hidden_states[n], dim=-1))[mask].mean() for m, n in ((1, 2), (2, 4))]
-    kd = F.kl_div(torch.log_softmax(s.logits / 2, -1), torch.log_softmax(t.logits / 2, -1), reduction="batchmean",
-                  log_target=True) * 4
+    cos = [
+        (1 - F.cosine_similarity(s.hidden_states[m], t.hidden_states[n], dim=-1))[mask].mean()
+        for m, n in ((1, 2), (2, 4))
+    ]
+    kd = (
+        F.kl_div(
+            torch.log_softmax(s.logits / 2, -1),
+            torch.log_softmax(t.logits / 2, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * 4
+    )
     assert loss.item() == pytest.approx((kd + (cos[0] + cos[1]) / 2).item(), rel=1e-5)
 
 
@@ -159,19 +197,29 @@ def test_projections_train_and_stay_out_of_the_saved_student(tmp_out, caplog):
     teacher, student = models()
     with caplog.at_level(logging.INFO, logger="hf_kd.trainer"):
         trainer = DistillationTrainer(
-            model=student, teacher_model=teacher,
+            model=student,
+            teacher_model=teacher,
             args=make_args(tmp_out, max_steps=3, hidden_weight=1.0, embedding_weight=1.0),
             train_dataset=tiny_classification_dataset(12),
         )
     # The resolved mapping is logged as a table.
     assert "student teacher" in caplog.text and "32->48" in caplog.text
     before = {k: v.clone() for k, v in getattr(student, PROJECTIONS_ATTR).state_dict().items()}
-    assert set(before) == {"maps.0.weight", "maps.0.bias", "maps.1.weight", "maps.1.bias", "maps.2.weight", "maps.2.bias"}
+    assert set(before) == {
+        "maps.0.weight",
+        "maps.0.bias",
+        "maps.1.weight",
+        "maps.1.bias",
+        "maps.2.weight",
+        "maps.2.bias",
+    }
     names_in_optimizer = {id(p) for g in trainer.create_optimizer().param_groups for p in g["params"]}
     assert all(id(p) in names_in_optimizer for p in getattr(student, PROJECTIONS_ATTR).parameters())
     trainer.train()
     after = getattr(student, PROJECTIONS_ATTR).state_dict()
-    assert all(not torch.equal(before[k], after[k]) for k in ("maps.0.weight", "maps.1.weight", "maps.2.weight"))
+    assert all(
+        not torch.equal(before[k], after[k]) for k in ("maps.0.weight", "maps.1.weight", "maps.2.weight")
+    )
     trainer.save_model()
     saved = load_file(os.path.join(tmp_out, "model.safetensors"))
     assert not [k for k in saved if PROJECTIONS_ATTR in k]
@@ -180,12 +228,22 @@ def test_projections_train_and_stay_out_of_the_saved_student(tmp_out, caplog):
 
 def run(out, max_steps, resume=None, save_steps=2):
     teacher, student = models()
-    args = make_args(out, max_steps=max_steps, hidden_weight=1.0, save_strategy="steps", save_steps=save_steps,
-                     alpha=0.8, alpha_schedule="linear", alpha_final=0.2, learning_rate=5e-3)
+    args = make_args(
+        out,
+        max_steps=max_steps,
+        hidden_weight=1.0,
+        save_strategy="steps",
+        save_steps=save_steps,
+        alpha=0.8,
+        alpha_schedule="linear",
+        alpha_final=0.2,
+        learning_rate=5e-3,
+    )
     # Fixed total schedule length: the resumed run and the uninterrupted run must plan the same 6 steps.
     args.max_steps = 6
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
-                                  train_dataset=tiny_classification_dataset(24))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=tiny_classification_dataset(24)
+    )
     if max_steps < 6:
         # Stop early, as a crash would, right after the checkpoint at step `max_steps`.
         from transformers import TrainerCallback
@@ -222,14 +280,19 @@ def test_hidden_loss_between_different_vocabularies_is_refused(tmp_out):
     teacher = tiny_model(seed=1, num_layers=4)
     teacher.resize_token_embeddings(120)
     with pytest.raises(DistillationConfigError, match="vocabularies differ"):
-        DistillationTrainer(model=tiny_model(seed=2), teacher_model=teacher, args=make_args(tmp_out, hidden_weight=1.0))
+        DistillationTrainer(
+            model=tiny_model(seed=2), teacher_model=teacher, args=make_args(tmp_out, hidden_weight=1.0)
+        )
 
 
 def test_attention_map_with_only_the_embedding_layer_is_refused(tmp_out):
     teacher, student = models()
     with pytest.raises(DistillationConfigError, match="maps no transformer layer"):
-        DistillationTrainer(model=student, teacher_model=teacher,
-                            args=make_args(tmp_out, attention_weight=1.0, layer_map={0: 0}))
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=make_args(tmp_out, attention_weight=1.0, layer_map={0: 0}),
+        )
 
 
 def test_unknown_hidden_loss_is_named(tmp_out):
@@ -240,8 +303,11 @@ def test_unknown_hidden_loss_is_named(tmp_out):
 def test_layer_map_beyond_the_teacher_is_named_at_construction(tmp_out):
     teacher, student = models()
     with pytest.raises(ValueError, match="teacher layer 9"):
-        DistillationTrainer(model=student, teacher_model=teacher,
-                            args=make_args(tmp_out, hidden_weight=1.0, layer_map="1:2,2:9"))
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=make_args(tmp_out, hidden_weight=1.0, layer_map="1:2,2:9"),
+        )
 
 
 def test_hfargumentparser_reads_layer_map_from_flags_dicts_and_yaml(tmp_path):
@@ -249,7 +315,16 @@ def test_hfargumentparser_reads_layer_map_from_flags_dicts_and_yaml(tmp_path):
 
     parser = HfArgumentParser(DistillationConfig)
     (flags,) = parser.parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--layer_map", "1:3,2:6", "--hidden_weight", "0.5", "--use_cpu", "true"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--layer_map",
+            "1:3,2:6",
+            "--hidden_weight",
+            "0.5",
+            "--use_cpu",
+            "true",
+        ]
     )
     (from_dict,) = parser.parse_dict({"output_dir": str(tmp_path), "layer_map": {"1": 3, "2": 6}})
     config = tmp_path / "kd.yaml"

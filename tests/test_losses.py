@@ -40,14 +40,22 @@ def test_soft_target_loss_matches_written_out_formula(T):
     got = soft_target_loss(STUDENT, TEACHER, T, reduction="none")
     assert torch.allclose(got, torch.tensor(expected), rtol=1e-5, atol=1e-6)
     assert soft_target_loss(STUDENT, TEACHER, T).item() == pytest.approx(sum(expected) / 3, rel=1e-5)
-    assert soft_target_loss(STUDENT, TEACHER, T, reduction="sum").item() == pytest.approx(sum(expected), rel=1e-5)
+    assert soft_target_loss(STUDENT, TEACHER, T, reduction="sum").item() == pytest.approx(
+        sum(expected), rel=1e-5
+    )
 
 
 def test_soft_target_loss_equals_torch_kl_div_batchmean():
     T = 3.0
-    ref = torch.nn.functional.kl_div(
-        torch.log_softmax(STUDENT / T, -1), torch.log_softmax(TEACHER / T, -1), reduction="batchmean", log_target=True
-    ) * T**2
+    ref = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(STUDENT / T, -1),
+            torch.log_softmax(TEACHER / T, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * T**2
+    )
     assert soft_target_loss(STUDENT, TEACHER, T).item() == pytest.approx(ref.item(), abs=1e-6)
 
 
@@ -134,7 +142,9 @@ def test_hidden_state_mse_and_cosine_with_padding():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     valid = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
     mse = sum(((s[b, i] - t[b, i]) ** 2).mean() for b, i in valid) / len(valid)
-    cos = sum(1 - torch.dot(s[b, i], t[b, i]) / (s[b, i].norm() * t[b, i].norm()) for b, i in valid) / len(valid)
+    cos = sum(1 - torch.dot(s[b, i], t[b, i]) / (s[b, i].norm() * t[b, i].norm()) for b, i in valid) / len(
+        valid
+    )
     assert hidden_state_loss(s, t, mask, "mse").item() == pytest.approx(mse.item(), abs=1e-6)
     assert hidden_state_loss(s, t, mask, "cosine").item() == pytest.approx(cos.item(), abs=1e-6)
     # Changing padded positions changes nothing.

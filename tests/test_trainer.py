@@ -20,8 +20,16 @@ from hf_kd.validation import DistillationConfigError
 
 def make_args(out, **kw):
     defaults = dict(
-        output_dir=out, per_device_train_batch_size=4, per_device_eval_batch_size=4, report_to=[], use_cpu=True,
-        save_strategy="no", logging_steps=1, learning_rate=1e-3, seed=0, disable_tqdm=True,
+        output_dir=out,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-3,
+        seed=0,
+        disable_tqdm=True,
     )
     defaults.update(kw)
     return DistillationConfig(**defaults)
@@ -55,9 +63,12 @@ def fixed_batch(labels_kind="sequence", seed=0, B=3, L=7, C=3):
 
 def kl_rows(s, t, T):
     """T^2 * KL(softmax(t/T) || softmax(s/T)) per row, via torch's kl_div (an independent implementation)."""
-    return F.kl_div(torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), reduction="none", log_target=True).sum(
-        -1
-    ) * T**2
+    return (
+        F.kl_div(
+            torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), reduction="none", log_target=True
+        ).sum(-1)
+        * T**2
+    )
 
 
 HEADS = {
@@ -114,7 +125,9 @@ def test_mlm_kd_over_all_positions_when_configured(tmp_out):
     T = 2.0
     teacher, student = pair("BertForMaskedLM")
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=make_args(tmp_out, temperature=T, alpha=1.0, kd_positions="all")
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_out, temperature=T, alpha=1.0, kd_positions="all"),
     )
     batch = fixed_batch("mlm")
     loss = trainer.compute_loss(student, dict(batch))
@@ -148,13 +161,28 @@ def arch_model(arch, layers, seed):
     torch.manual_seed(seed)
     if arch == "distilbert":
         config = transformers.DistilBertConfig(
-            vocab_size=VOCAB, dim=32, n_layers=layers, n_heads=4, hidden_dim=64, max_position_embeddings=64,
-            num_labels=3, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0,
+            vocab_size=VOCAB,
+            dim=32,
+            n_layers=layers,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            num_labels=3,
+            dropout=0.0,
+            attention_dropout=0.0,
+            seq_classif_dropout=0.0,
         )
     else:
         config = getattr(transformers, config_name)(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=3,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
             **extra,
         )
     return getattr(transformers, cls_name)(config)
@@ -194,13 +222,19 @@ def test_training_changes_the_student_and_leaves_the_teacher_untouched(tmp_out):
     teacher, student = pair("BertForSequenceClassification")
     before_teacher, before_student = params(teacher), params(student)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=make_args(tmp_out, max_steps=3, hidden_weight=1.0),
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_out, max_steps=3, hidden_weight=1.0),
         train_dataset=tiny_classification_dataset(12),
     )
     trainer.train()
     assert all(torch.equal(before_teacher[k], v) for k, v in teacher.state_dict().items())
     assert all(not p.requires_grad for p in teacher.parameters())
-    changed = [k for k, v in student.state_dict().items() if k in before_student and not torch.equal(before_student[k], v)]
+    changed = [
+        k
+        for k, v in student.state_dict().items()
+        if k in before_student and not torch.equal(before_student[k], v)
+    ]
     assert len(changed) > len(before_student) // 2
 
 
@@ -233,8 +267,12 @@ def test_gradient_accumulation_matches_a_large_batch(head, tmp_path):
     for batch, accumulation in ((8, 1), (4, 2)):
         teacher, student = pair(cls_name)
         args = make_args(
-            str(tmp_path / f"b{batch}"), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-            max_steps=2, hidden_weight=0.5, alpha=0.5,
+            str(tmp_path / f"b{batch}"),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=2,
+            hidden_weight=0.5,
+            alpha=0.5,
         )
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
         trainer.train()
@@ -250,9 +288,11 @@ def test_components_are_logged_and_add_up_to_the_loss(tmp_out):
     teacher, student = pair("BertForSequenceClassification")
     data = tiny_classification_dataset(16)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher,
+        model=student,
+        teacher_model=teacher,
         args=make_args(tmp_out, max_steps=4, alpha=0.7, eval_strategy="steps", eval_steps=2),
-        train_dataset=data, eval_dataset=data,
+        train_dataset=data,
+        eval_dataset=data,
     )
     trainer.train()
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -277,7 +317,9 @@ def test_eval_metrics_match_an_independent_pass(tmp_out):
     with torch.no_grad():
         s, t = student(**batch).logits, teacher(**batch).logits
     labels = torch.tensor(data["labels"])
-    assert metrics["eval_teacher_agreement"] == pytest.approx((s.argmax(-1) == t.argmax(-1)).float().mean().item())
+    assert metrics["eval_teacher_agreement"] == pytest.approx(
+        (s.argmax(-1) == t.argmax(-1)).float().mean().item()
+    )
     assert metrics["eval_loss_kd"] == pytest.approx(kl_rows(s, t, T).mean().item(), rel=1e-5)
     assert metrics["eval_loss_ce"] == pytest.approx(F.cross_entropy(s, labels).item(), rel=1e-5)
 
@@ -286,13 +328,28 @@ def test_alpha_zero_training_reproduces_plain_trainer(tmp_path):
     data = tiny_classification_dataset(16)
     teacher, student = pair("BertForSequenceClassification")
     student_plain = copy.deepcopy(student)
-    common = dict(per_device_train_batch_size=4, max_steps=3, report_to=[], use_cpu=True, save_strategy="no",
-                  logging_steps=1, learning_rate=1e-3, seed=0, disable_tqdm=True)
+    common = dict(
+        per_device_train_batch_size=4,
+        max_steps=3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-3,
+        seed=0,
+        disable_tqdm=True,
+    )
     DistillationTrainer(
-        model=student, teacher_model=teacher, args=DistillationConfig(output_dir=str(tmp_path / "a"), alpha=0.0, **common),
+        model=student,
+        teacher_model=teacher,
+        args=DistillationConfig(output_dir=str(tmp_path / "a"), alpha=0.0, **common),
         train_dataset=data,
     ).train()
-    Trainer(model=student_plain, args=TrainingArguments(output_dir=str(tmp_path / "b"), **common), train_dataset=data).train()
+    Trainer(
+        model=student_plain,
+        args=TrainingArguments(output_dir=str(tmp_path / "b"), **common),
+        train_dataset=data,
+    ).train()
     for (k, a), b in zip(student.state_dict().items(), student_plain.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
 
@@ -301,12 +358,16 @@ def test_saved_student_reloads_cleanly_without_projections(tmp_out):
     teacher = tiny_model(seed=1, num_layers=4, hidden=48)
     student = tiny_model(seed=2, num_layers=2, hidden=32)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=make_args(tmp_out, max_steps=2, hidden_weight=1.0),
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_out, max_steps=2, hidden_weight=1.0),
         train_dataset=tiny_classification_dataset(8),
     )
     trainer.train()
     trainer.save_model()
-    reloaded, info = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_out, output_loading_info=True)
+    reloaded, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_out, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     with safe_open(os.path.join(tmp_out, "model.safetensors"), "pt") as f:
         assert not [k for k in f.keys() if "projection" in k]
@@ -317,7 +378,8 @@ def test_saved_student_reloads_cleanly_without_projections(tmp_out):
 def test_linear_alpha_schedule_is_applied_and_logged(tmp_out):
     teacher, student = pair("BertForSequenceClassification")
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher,
+        model=student,
+        teacher_model=teacher,
         args=make_args(tmp_out, max_steps=5, alpha=0.9, alpha_schedule="linear", alpha_final=0.1),
         train_dataset=tiny_classification_dataset(20),
     )
@@ -326,13 +388,16 @@ def test_linear_alpha_schedule_is_applied_and_logged(tmp_out):
     for step, h in enumerate(logs):
         expected_alpha = 0.9 + (0.1 - 0.9) * step / 4
         assert h["alpha"] == pytest.approx(expected_alpha)
-        assert h["loss"] == pytest.approx(expected_alpha * h["loss_kd"] + (1 - expected_alpha) * h["loss_ce"], rel=1e-5)
+        assert h["loss"] == pytest.approx(
+            expected_alpha * h["loss_kd"] + (1 - expected_alpha) * h["loss_ce"], rel=1e-5
+        )
 
 
 def test_plain_training_arguments_are_upgraded(tmp_out):
     teacher, student = pair("BertForSequenceClassification")
     trainer = DistillationTrainer(
-        student, TrainingArguments(output_dir=tmp_out, report_to=[], use_cpu=True, learning_rate=3e-4),
+        student,
+        TrainingArguments(output_dir=tmp_out, report_to=[], use_cpu=True, learning_rate=3e-4),
         teacher_model=teacher,
     )
     assert isinstance(trainer.args, DistillationConfig)
@@ -389,9 +454,13 @@ def test_alpha_below_one_without_labels_is_named(tmp_out):
     data = tiny_classification_dataset(8).remove_columns("labels")
     teacher, student = pair("BertForSequenceClassification")
     with pytest.raises(DistillationConfigError, match="no label column"):
-        DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_out, alpha=0.5), train_dataset=data)
+        DistillationTrainer(
+            model=student, teacher_model=teacher, args=make_args(tmp_out, alpha=0.5), train_dataset=data
+        )
     # Pure distillation needs no labels.
-    DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_out, alpha=1.0), train_dataset=data)
+    DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_out, alpha=1.0), train_dataset=data
+    )
 
 
 def test_teacher_equal_to_student_is_refused(tmp_out):
