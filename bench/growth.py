@@ -23,9 +23,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
+    BBC_TEACHER_RECIPE,
+    QUICK_TEACHER_RECIPE,
     RESULTS_DIR,
     TaskSpec,
-    TeacherRecipe,
     base_args,
     finetuned_teacher,
     load_raw,
@@ -94,10 +95,10 @@ def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict
             8,
             steps or 3,
         )
-        spec, recipe = TaskSpec("bbc_news", 32, 96, 32), TeacherRecipe(epochs=1, batch_size=16)
+        spec, recipe = TaskSpec("bbc_news", 32, 96, 32), QUICK_TEACHER_RECIPE
     else:
         sizes, lengths, base_size, base_length, batch_size = [500, 1000, 2000], [64, 128, 256], 1000, 128, 32
-        spec, recipe = TaskSpec("bbc_news", 128), TeacherRecipe(epochs=1, learning_rate=5e-4)
+        spec, recipe = TaskSpec("bbc_news", 128), BBC_TEACHER_RECIPE
     teacher, _ = finetuned_teacher(spec, 0, recipe)  # seed 0: the teacher of step_cost.py and quality.py
     teacher.eval()
     tokenizer = load_tokenizer()

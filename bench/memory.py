@@ -24,6 +24,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
+    BBC_TEACHER_RECIPE,
+    QUICK_TEACHER_RECIPE,
     RESULTS_DIR,
     TaskSpec,
     TeacherRecipe,
@@ -62,8 +64,8 @@ def _paths(quick: bool) -> tuple[str, str]:
 
 def _setting(quick: bool) -> tuple[TaskSpec, TeacherRecipe]:
     if quick:
-        return TaskSpec("bbc_news", 32, 96, 32), TeacherRecipe(epochs=1, batch_size=16)
-    return TaskSpec("bbc_news", 128), TeacherRecipe(epochs=1, learning_rate=5e-4)
+        return TaskSpec("bbc_news", 32, 96, 32), QUICK_TEACHER_RECIPE
+    return TaskSpec("bbc_news", 128), BBC_TEACHER_RECIPE
 
 
 def prepare(quick: bool) -> None:

@@ -42,10 +42,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    BBC_TEACHER_RECIPE,
     BENCH_DIR,
+    QUICK_TEACHER_RECIPE,
     RESULTS_DIR,
     TaskSpec,
-    TeacherRecipe,
     base_args,
     finetuned_teacher,
     load_task,
@@ -64,7 +65,6 @@ TEXTBREWER_PYTHON = os.path.join(BENCH_DIR, ".venv-textbrewer", "bin", "python")
 TEMPERATURE, ALPHA, HIDDEN_WEIGHT, LEARNING_RATE, MAX_GRAD_NORM = 2.0, 0.5, 1.0, 5e-4, 1.0
 # The teacher the quality benchmark fine-tunes for seed 0 (same task, same recipe): one fine-tuning serves both.
 TEACHER_SEED = 0
-TEACHER_RECIPE = TeacherRecipe(epochs=1, learning_rate=5e-4)
 
 METHODS = {
     "floor_live": "hand-written loop, live teacher (the floor)",
@@ -118,7 +118,7 @@ class Setting:
             test_size=32 if quick else None,
         )
         self.batch_size = 8 if quick else batch_size
-        self.teacher_recipe = TeacherRecipe(epochs=1, batch_size=16) if quick else TEACHER_RECIPE
+        self.teacher_recipe = QUICK_TEACHER_RECIPE if quick else BBC_TEACHER_RECIPE
         self.raw, self.tokenized, self.tokenizer = load_task(self.spec)
         self.teacher, _ = finetuned_teacher(self.spec, TEACHER_SEED, self.teacher_recipe, log=log)
         self.teacher.eval()
