@@ -38,6 +38,8 @@ from bench.common import (  # noqa: E402
     finetuned_teacher,
     load_json,
     load_task,
+    machine_info,
+    machine_line,
     make_student,
     markdown_table,
     mean_std,
@@ -178,7 +180,7 @@ def run(plan: QualityPlan, path: str, log: Any = print) -> dict[str, Any]:
     from hf_kd import cache_teacher_outputs
 
     quiet_transformers()
-    data: dict[str, Any] = {"settings": plan.settings(), "key": plan.key(), "runs": {}}
+    data: dict[str, Any] = {"settings": plan.settings(), "key": plan.key(), "runs": {}, "seeds": plan.seeds}
     if os.path.isfile(path):
         old = load_json(path)
         if old.get("key") == plan.key():
@@ -187,6 +189,8 @@ def run(plan: QualityPlan, path: str, log: Any = print) -> dict[str, Any]:
             os.replace(path, path + f".old-{old.get('key')}")
             log(f"{path} held results of other settings: kept them as {path}.old-{old.get('key')}")
     runs = data["runs"]
+    data["seeds"] = plan.seeds
+    data.setdefault("machines", []).append(machine_info())  # one entry per (re)start of the run
     for seed in plan.seeds:
         for dplan in plan.datasets:
             spec = dplan.task
@@ -365,6 +369,15 @@ def report(data: dict[str, Any]) -> str:
             + "\n"
         )
     parts.append("#### Goals\n\n" + "\n".join(goals(summary, layers)) + "\n")
+    planned = data.get("seeds")
+    done = {key.split("/")[1] for key in data["runs"]}
+    if planned and len(done) < len(planned):
+        parts.append(
+            f"_Partial: results for {len(done)} of the {len(planned)} planned seeds {planned}; "
+            "`python bench/quality.py` resumes the run._\n"
+        )
+    if data.get("machines"):
+        parts.append(f"_Trained on: {machine_line(data['machines'][-1])}._\n")
     return "\n".join(parts)
 
 
