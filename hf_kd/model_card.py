@@ -482,12 +482,23 @@ def comparison_rows(context: dict[str, Any]) -> tuple[list[dict[str, str]], list
     t_metrics, _ = split_metrics(context.get("teacher_metrics"))
     s_metrics, _ = split_metrics(context.get("student_metrics"))
     for name in sorted(set(t_metrics) | set(s_metrics)):
-        add(f"{name} (eval)", t_metrics.get(name), s_metrics.get(name), _fmt_metric)
+        add(
+            f"{name} ({metrics_split(context.get('student_metrics'))})",
+            t_metrics.get(name),
+            s_metrics.get(name),
+            _fmt_metric,
+        )
     if t_metrics and s_metrics:
         notes.append("For evaluation metrics, student / teacher is the share of the teacher's score kept.")
     elif s_metrics:
         notes.append("The teacher was not evaluated in this run, so no share of its score is given.")
     return rows, notes
+
+
+def metrics_split(metrics: dict[str, Any] | None) -> str:
+    """The split the metrics were computed on, from their prefix: "test" for `test_*` keys, else "eval"."""
+    keys = list(metrics or {})
+    return "test" if keys and all(k.startswith("test_") for k in keys) else "eval"
 
 
 def _card_data(context: dict[str, Any]) -> ModelCardData:
@@ -500,7 +511,7 @@ def _card_data(context: dict[str, Any]) -> ModelCardData:
             task_type=task_type,
             dataset_type=dataset_label,
             dataset_name=dataset_label,
-            dataset_split="eval",
+            dataset_split=metrics_split(context.get("student_metrics")),
             metric_type=name,
             metric_name=name,
             metric_value=value,

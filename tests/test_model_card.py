@@ -250,3 +250,17 @@ def test_given_metrics_are_used_as_is_and_share_kept_is_their_ratio(card_run, tm
     assert table_row(text, "loss") == ["0.3000"]  # the distillation loss is the student's alone, not compared
     assert "runtime" not in text and "| Parameters |" not in text
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", 0.6)]
+
+
+def test_test_split_metrics_are_labelled_test_in_table_and_metadata(card_run, tmp_path):
+    from hf_kd import create_distillation_model_card
+
+    card = create_distillation_model_card(
+        card_run["trainer"],
+        tmp_path,
+        teacher_metrics={"test_accuracy": 0.9},
+        student_metrics={"test_accuracy": 0.85},
+        measure=False,
+    )
+    assert table_row(str(card), "accuracy (test)") == ["0.9000", "0.8500", "94.4%"]
+    assert [r.dataset_split for r in card.data.eval_results] == ["test"]
