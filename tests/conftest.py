@@ -63,6 +63,26 @@ def tiny_classification_dataset(
     return Dataset.from_dict(rows)
 
 
+def make_args(out: str, **kw):
+    """A DistillationConfig for quick CPU tests: batch 4, no saving, log every step; `kw` overrides."""
+    from hf_kd import DistillationConfig
+
+    defaults = dict(
+        output_dir=out,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-3,
+        seed=0,
+        disable_tqdm=True,
+    )
+    defaults.update(kw)
+    return DistillationConfig(**defaults)
+
+
 @pytest.fixture
 def tmp_out(tmp_path):
     return str(tmp_path / "out")

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_classification_dataset, tiny_model
+from conftest import make_args, tiny_classification_dataset, tiny_model
 from safetensors.torch import load_file
 
 from hf_kd import DistillationConfig, DistillationTrainer
@@ -54,22 +54,6 @@ def test_layer_map_out_of_range_is_named(mapping, message):
 def test_garbage_layer_map_is_named():
     with pytest.raises(ValueError, match="layer_map 'every-other' is not understood"):
         parse_layer_map("every-other")
-
-
-def make_args(out, **kw):
-    defaults = dict(
-        output_dir=out,
-        per_device_train_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        learning_rate=1e-3,
-        seed=0,
-        disable_tqdm=True,
-    )
-    defaults.update(kw)
-    return DistillationConfig(**defaults)
 
 
 def models(student_hidden=32, teacher_hidden=48, student_heads=4, teacher_heads=4):

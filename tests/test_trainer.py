@@ -9,30 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import LABELS, VOCAB, tiny_bert_config, tiny_classification_dataset, tiny_model
+from conftest import LABELS, VOCAB, make_args, tiny_bert_config, tiny_classification_dataset, tiny_model
 from datasets import Dataset
 from safetensors import safe_open
 from transformers import Trainer, TrainingArguments
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.validation import DistillationConfigError
-
-
-def make_args(out, **kw):
-    defaults = dict(
-        output_dir=out,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        learning_rate=1e-3,
-        seed=0,
-        disable_tqdm=True,
-    )
-    defaults.update(kw)
-    return DistillationConfig(**defaults)
 
 
 def fixed_batch(labels_kind="sequence", seed=0, B=3, L=7, C=3):
