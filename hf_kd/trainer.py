@@ -103,13 +103,10 @@ def _num_layers(model: nn.Module) -> int:
     )
 
 
-def _hidden_size(model: nn.Module, layer: int) -> int:
-    config = model.config
-    if layer == 0 and getattr(config, "embedding_size", None) not in (None, config.hidden_size):
-        # ALBERT factorises embeddings, but its embedding output is projected to hidden_size before layer 1;
-        # hidden_states[0] is that projected output.
-        return int(config.hidden_size)
-    return int(config.hidden_size)
+def _hidden_size(model: nn.Module) -> int:
+    """Width of every hidden_states entry, layer 0 included: ALBERT and ELECTRA factorise their embeddings, but
+    project them to hidden_size before layer 1, and hidden_states[0] is that projected output."""
+    return int(model.config.hidden_size)
 
 
 def _nonfinite(*tensors: torch.Tensor | None) -> torch.Tensor:
@@ -315,15 +312,13 @@ class DistillationTrainer(Trainer):
         pairs = []
         if args.hidden_weight > 0:
             pairs += [
-                LayerPair(s, t, _hidden_size(student, s), _hidden_size(teacher, t), "hidden")
+                LayerPair(s, t, _hidden_size(student), _hidden_size(teacher), "hidden")
                 for s, t in mapping.items()
                 if s > 0
             ]
         if args.embedding_weight > 0:
             t0 = mapping.get(0, 0)
-            pairs.insert(
-                0, LayerPair(0, t0, _hidden_size(student, 0), _hidden_size(teacher, t0), "embedding")
-            )
+            pairs.insert(0, LayerPair(0, t0, _hidden_size(student), _hidden_size(teacher), "embedding"))
         self.layer_pairs = pairs
         if args.attention_weight > 0:
             self.attention_layers = {s: t for s, t in mapping.items() if s > 0 and t > 0}
