@@ -23,7 +23,7 @@ import argparse
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments  # noqa: F401
 
-from hf_kd import DistillationConfig, DistillationTrainer, make_student
+from hf_kd import DistillationConfig, DistillationTrainer, make_student, shutdown_distributed
 from hf_kd.data import load_bbc_news, tokenize_dataset
 from hf_kd.metrics import compute_classification_metrics
 
@@ -95,6 +95,10 @@ def main() -> None:
     metrics = trainer.evaluate()
     print({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
     trainer.save_model(args.output_dir)  # the student alone, loadable with from_pretrained
+
+    # Under torchrun / accelerate launch: wait for every process, then end the process group (gloo can abort
+    # at interpreter exit otherwise). Harmless in a single process.
+    shutdown_distributed(trainer)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import inspect
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_kd import DistillationConfig, DistillationTrainer, make_student
+from hf_kd import DistillationConfig, DistillationTrainer, make_student, shutdown_distributed
 from hf_kd.data import load_bbc_news, tokenize_dataset
 from hf_kd.metrics import compute_classification_metrics
 
@@ -96,6 +96,10 @@ def main() -> None:
     metrics = trainer.evaluate()
     print({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
     trainer.save_model(args.output_dir)  # the adapter (PeftModel.from_pretrained(base, dir) loads it)
+
+    # Under torchrun / accelerate launch: wait for every process, then end the process group (gloo can abort
+    # at interpreter exit otherwise). Harmless in a single process.
+    shutdown_distributed(trainer)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
-from hf_kd import DistillationConfig, DistillationTrainer, make_student
+from hf_kd import DistillationConfig, DistillationTrainer, make_student, shutdown_distributed
 
 
 def align_labels(batch, tokenizer, max_length: int):
@@ -97,6 +97,10 @@ def main() -> None:
     metrics = trainer.evaluate()
     print({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
     trainer.save_model(args.output_dir)
+
+    # Under torchrun / accelerate launch: wait for every process, then end the process group (gloo can abort
+    # at interpreter exit otherwise). Harmless in a single process.
+    shutdown_distributed(trainer)
 
 
 if __name__ == "__main__":

@@ -298,11 +298,10 @@ def run_distill(argv: Sequence[str]) -> int:
     """`hf-kd distill`: returns the exit status."""
     model_args, data_args, config = parse_distill_args(argv)
 
-    import gc
-
     from transformers import AutoTokenizer, set_seed
 
     from .data import label_maps, tokenize_dataset
+    from .distributed import shutdown_distributed
     from .metrics import compute_classification_metrics
     from .trainer import DistillationTrainer
 
@@ -358,13 +357,8 @@ def run_distill(argv: Sequence[str]) -> int:
     if trainer.is_world_process_zero():
         _write_model_card(trainer, config.output_dir, teacher_metrics, student_metrics)
     # Ending the process group by hand avoids gloo's rare abort at exit (FACTS.md).
-    trainer.accelerator.wait_for_everyone()
-    del trainer, teacher, student
-    gc.collect()
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    del teacher, student
+    shutdown_distributed(trainer)
     return 0
 
 
