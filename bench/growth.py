@@ -99,6 +99,7 @@ def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict
     else:
         sizes, lengths, base_size, base_length, batch_size = [500, 1000, 2000], [64, 128, 256], 1000, 128, 32
         spec, recipe = TaskSpec("bbc_news", 128), BBC_TEACHER_RECIPE
+    machine = machine_info()  # the machine and its load when the measurement starts
     teacher, _ = finetuned_teacher(spec, 0, recipe)  # seed 0: the teacher of step_cost.py and quality.py
     teacher.eval()
     tokenizer = load_tokenizer()
@@ -115,7 +116,7 @@ def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict
         )
         log(f"growth: length {length}: {by_length[-1]['epoch_seconds']:.1f} s/epoch")
     return {
-        "machine": machine_info(),
+        "machine": machine,
         "quick": quick,
         "steps": steps,
         "batch_size": batch_size,

@@ -126,6 +126,7 @@ def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict
     steps = steps or (3 if quick else 20)
     batch_size = 8 if quick else 32
     max_length = 32 if quick else 128
+    machine = machine_info()  # the machine and its load when the measurement starts
     prepare(quick)
     results = {}
     for config in CONFIGS:
@@ -137,7 +138,7 @@ def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict
         results[config] = json.loads(line[2:])
         log(f"memory: {config} peak {results[config]['peak_rss_mib']:.0f} MiB")
     return {
-        "machine": machine_info(),
+        "machine": machine,
         "quick": quick,
         "steps": steps,
         "batch_size": batch_size,

@@ -539,6 +539,20 @@ def run(
     }
 
 
+def per_round_medians(samples: list[float], rounds: int) -> list[float]:
+    """The median of each round's burst (samples are stored round after round, equal bursts)."""
+    size = max(1, len(samples) // rounds)
+    return [median(samples[i : i + size]) for i in range(0, size * rounds, size)]
+
+
+def paired_round_ratios(samples: dict[str, list[float]], name: str, base: str, rounds: int) -> list[float]:
+    """Per round, `name`'s median step over `base`'s median step in the same round."""
+    return [
+        a / b
+        for a, b in zip(per_round_medians(samples[name], rounds), per_round_medians(samples[base], rounds))
+    ]
+
+
 def report(data: dict[str, Any]) -> str:
     s = data["settings"]
     steps = data["step_seconds"]
@@ -546,16 +560,38 @@ def report(data: dict[str, Any]) -> str:
     rows = []
     for name, label in METHODS.items():
         if name not in steps:
-            rows.append([label, "not run", "", ""])
+            rows.append([label, "not run", "", "", "", ""])
             continue
+        samples = data["step_samples"][name]
+        rounds = per_round_medians(samples, s["rounds"])
+        paired = paired_round_ratios(data["step_samples"], name, "floor_live", s["rounds"])
         rows.append(
-            [label, f"{steps[name]:.3f}", f"{steps[name] / floor:.2f}", len(data["step_samples"][name])]
+            [
+                label,
+                f"{steps[name]:.3f}",
+                f"{min(rounds):.2f}-{max(rounds):.2f}",
+                f"{steps[name] / floor:.2f}",
+                f"{median(paired):.2f} ({min(paired):.2f}-{max(paired):.2f})",
+                len(samples),
+            ]
         )
     parts = [
         f"Batch {s['batch_size']}, max length {s['max_length']}, 2-layer student, T = {s['temperature']:g}, "
         f"alpha = {s['alpha']:g}; {s['rounds']} interleaved rounds of {s['burst']}-step bursts, first step of each "
-        "burst dropped; median seconds per step.\n",
-        markdown_table(["method", "s / step", "ratio to floor (live)", "steps measured"], rows),
+        "burst dropped; median seconds per step. The spread columns show how much the machine's speed moved "
+        "between rounds: the range of each round's median, and the ratio to the floor taken within each round "
+        "(median over rounds, with its range).\n",
+        markdown_table(
+            [
+                "method",
+                "s / step",
+                "round medians",
+                "ratio to floor (live)",
+                "ratio to floor within a round",
+                "steps measured",
+            ],
+            rows,
+        ),
     ]
     checks = []
     if "hfkd_live" in steps:
@@ -630,6 +666,12 @@ def report(data: dict[str, Any]) -> str:
         "the trained student, measured after the clock stops (float32, no autocast):\n\n"
         + markdown_table(["job", "wall s", "ratio to TextBrewer", "test accuracy"], rows)
     )
+    if "textbrewer_cached" in jobs and live_runs and jobs["textbrewer_cached"] > min(live_runs):
+        parts.append(
+            "\nTextBrewer's cached job took longer than a live-teacher job of the same length, although caching "
+            "only removes work (one teacher pass instead of three): the machine was slower while it ran, so the "
+            "ratios to it below are flattering to hf-kd and should be read with that in mind."
+        )
     if len(live_runs) == 2:
         parts.append(
             f"\nRatios are to the mean of TextBrewer's two live-teacher jobs ({base:.1f} s), run first and last; "
