@@ -25,8 +25,10 @@ the machine's load hits all alike; the first step of each burst (allocations) is
 TextBrewer runs in a worker process of its own environment that stays up across rounds, so it interleaves too.
 End to end, each hf-kd lever runs on its own, then the teacher levers together; two further jobs add bfloat16
 autocast for the student (`bf16=True`), which changes the student's own arithmetic rather than the teacher's cost,
-so they are reported apart, with the test accuracy every job reaches. TextBrewer runs twice: with its live teacher (the job hf-kd's levers are measured against) and with
-its own logit cache (`is_caching_logits=True`), so the cache lever is also compared with TextBrewer's.
+so they are reported apart, with the test accuracy every job reaches. TextBrewer runs with its live teacher first
+and again last (the mean of the two is what hf-kd's jobs are compared with; their difference is the machine's
+drift), and once with its own logit cache (`is_caching_logits=True`), so the cache lever is also compared with
+TextBrewer's.
 """
 
 from __future__ import annotations
