@@ -63,24 +63,26 @@ def tiny_classification_dataset(
     return Dataset.from_dict(rows)
 
 
+# TrainingArguments fields for quick CPU tests: batch 4, no saving, log every step. Shared by make_args and by tests
+# that build a plain TrainingArguments with the same settings.
+QUICK_ARGS = dict(
+    per_device_train_batch_size=4,
+    per_device_eval_batch_size=4,
+    report_to=[],
+    use_cpu=True,
+    save_strategy="no",
+    logging_steps=1,
+    learning_rate=1e-3,
+    seed=0,
+    disable_tqdm=True,
+)
+
+
 def make_args(out: str, **kw):
-    """A DistillationConfig for quick CPU tests: batch 4, no saving, log every step; `kw` overrides."""
+    """A DistillationConfig with QUICK_ARGS for quick CPU tests; `kw` overrides."""
     from hf_kd import DistillationConfig
 
-    defaults = dict(
-        output_dir=out,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        learning_rate=1e-3,
-        seed=0,
-        disable_tqdm=True,
-    )
-    defaults.update(kw)
-    return DistillationConfig(**defaults)
+    return DistillationConfig(**{"output_dir": out, **QUICK_ARGS, **kw})
 
 
 @pytest.fixture

@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import LABELS, VOCAB, make_args, tiny_bert_config, tiny_classification_dataset, tiny_model
+from conftest import (
+    LABELS,
+    QUICK_ARGS,
+    VOCAB,
+    make_args,
+    tiny_bert_config,
+    tiny_classification_dataset,
+    tiny_model,
+)
 from datasets import Dataset
 from safetensors import safe_open
 from transformers import Trainer, TrainingArguments
@@ -311,17 +319,7 @@ def test_alpha_zero_training_reproduces_plain_trainer(tmp_path):
     data = tiny_classification_dataset(16)
     teacher, student = pair("BertForSequenceClassification")
     student_plain = copy.deepcopy(student)
-    common = dict(
-        per_device_train_batch_size=4,
-        max_steps=3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        learning_rate=1e-3,
-        seed=0,
-        disable_tqdm=True,
-    )
+    common = dict(QUICK_ARGS, max_steps=3)
     DistillationTrainer(
         model=student,
         teacher_model=teacher,
