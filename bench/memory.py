@@ -1,6 +1,6 @@
 """Memory: peak resident memory (RSS) of a live-teacher distillation against plain fine-tuning of the student.
 
-    python bench/memory.py            # MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, length 128, 20 steps
+    python bench/memory.py            # MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, length 128, 10 steps
     python bench/memory.py --quick    # tiny sizes
 
 Each configuration runs in a fresh Python process (a process's peak RSS never goes down, so sharing one would
@@ -123,7 +123,7 @@ def child(config: str, quick: bool, steps: int, batch_size: int) -> dict[str, An
 
 
 def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict[str, Any]:
-    steps = steps or (3 if quick else 20)
+    steps = steps or (3 if quick else 10)
     batch_size = 8 if quick else 32
     max_length = 32 if quick else 128
     machine = machine_info()  # the machine and its load when the measurement starts

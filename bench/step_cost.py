@@ -20,15 +20,18 @@ Per-step methods (all on the same fixed batches, the same teacher-initialised st
 Timing: a step is forward + backward + optimizer step. Trainer steps are timed by a TrainerCallback
 (on_step_begin -> on_step_end, so batch fetching is outside the window for every method); the floor loop times
 the same span with time.perf_counter; TextBrewer is timed from a forward pre-hook on its teacher to a post-hook on
-its optimizer's step. Methods run in short bursts, interleaved and rotated over several rounds, so that a change in
-the machine's load hits all alike; the first step of each burst (allocations) is dropped; the median is reported.
-TextBrewer runs in a worker process of its own environment that stays up across rounds, so it interleaves too.
-End to end, each hf-kd lever runs on its own, then the teacher levers together; two further jobs add bfloat16
-autocast for the student (`bf16=True`), which changes the student's own arithmetic rather than the teacher's cost,
-so they are reported apart, with the test accuracy every job reaches. TextBrewer runs with its live teacher first
-and again last (the mean of the two is what hf-kd's jobs are compared with; their difference is the machine's
-drift), and once with its own logit cache (`is_caching_logits=True`), so the cache lever is also compared with
-TextBrewer's.
+its optimizer's step. Every method keeps one training run alive for the whole measurement (a real
+`Trainer.train()`, or TextBrewer's own loop, in a thread of its own that a `StepGate` lets through one step at a
+time), and the methods take single steps in turn, round after round, the order rotating. A change in the machine's
+speed therefore hits every method within seconds of the others, not minutes; the first steps of each run
+(allocations) are dropped and the median is reported.
+
+The teacher levers (inference mode, bfloat16 weights, length-grouped batches) are measured one by one where they
+act: the teacher's forward passes over one whole epoch. End to end (a 3-epoch distillation over the training
+split, wall time and the student's test accuracy): TextBrewer with its live teacher; hf-kd with the cache on its
+own; with the teacher levers together; and with those plus bfloat16 autocast for the student (`bf16=True`), which
+changes the student's own arithmetic rather than the teacher's cost, so it is reported apart (its per-step cost is
+a row of the step table).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -63,7 +67,6 @@ from bench.common import (  # noqa: E402
     quiet_trainer,
     quiet_transformers,
     save_json,
-    step_timer_callback,
     teacher_path,
     test_accuracy,
 )
@@ -80,6 +83,7 @@ METHODS = {
     "hfkd_live": "DistillationTrainer, live teacher, logits",
     "hfkd_hidden": "DistillationTrainer, live teacher, logits + hidden states",
     "hfkd_cached": "DistillationTrainer, cached teacher logits",
+    "hfkd_cached_bf16": "DistillationTrainer, cached teacher logits, bf16 autocast student",
     "trainer": "plain Trainer, student alone",
     "textbrewer": "TextBrewer 0.2.1.post1, live teacher, logits",
 }
@@ -154,50 +158,36 @@ class Setting:
         torch.manual_seed(0)
         return make_student(self.teacher, num_layers=2).train()
 
-    # ---- per-step bursts ----------------------------------------------------------------------------------
+    # ---- per-step runs ------------------------------------------------------------------------------------
 
-    def floor_burst(self, mode: str, steps: int) -> list[float]:
-        student = self.student()
-        optimizer = trainer_optimizer(student.parameters())
-        times = []
-        for i in range(steps):
-            b = i % len(self.batches)
-            batch = self.batches[b]
-            inputs, labels = self._inputs(batch), batch["labels"]
-            start = time.perf_counter()
-            if mode == "live":
-                with torch.no_grad():
-                    teacher_logits = self.teacher(**inputs).logits  # (B, C)
-            logits = student(**inputs).logits  # (B, C)
-            if mode == "none":
-                loss = F.cross_entropy(logits, labels)
-            else:
-                loss = kd_loss(
-                    logits, teacher_logits if mode == "live" else self.batch_teacher_logits[b], labels
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
-        return times[1:]
+    def floor_stepper(self, mode: str) -> FloorStepper:
+        return FloorStepper(self, mode)
 
-    def trainer_burst(self, method: str, steps: int, **extra: Any) -> list[float]:
-        from transformers import Trainer, TrainingArguments
+    def trainer_stepper(self, method: str, steps: int) -> GatedStepper:
+        """A real `Trainer.train()` of `steps` steps, running in its own thread, one gated step at a time."""
+        from transformers import Trainer, TrainerCallback, TrainingArguments
 
         from hf_kd import DistillationConfig, DistillationTrainer
 
-        timer = step_timer_callback()
+        gate = StepGate()
+
+        class Gate(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                gate.begin()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                gate.end()
+
         common = base_args(
-            os.path.join(RESULTS_DIR, "tmp", "step_cost"),
+            os.path.join(RESULTS_DIR, "tmp", "step_cost", method),
             0,
             max_steps=steps,
             per_device_train_batch_size=self.batch_size,
             learning_rate=LEARNING_RATE,
             max_grad_norm=MAX_GRAD_NORM,
             train_sampling_strategy="sequential",
+            bf16=method == "hfkd_cached_bf16",
         )
-        common.update(extra)
         student = self.student()
         if method == "trainer":
             trainer = Trainer(
@@ -205,7 +195,7 @@ class Setting:
                 args=TrainingArguments(**common),
                 train_dataset=self.burst_dataset,
                 processing_class=self.tokenizer,
-                callbacks=[timer],
+                callbacks=[Gate()],
             )
         else:
             args = DistillationConfig(
@@ -214,24 +204,143 @@ class Setting:
                 alpha=ALPHA,
                 hidden_weight=HIDDEN_WEIGHT if method == "hfkd_hidden" else 0.0,
             )
-            cached = method == "hfkd_cached"
+            cached = method.startswith("hfkd_cached")
             trainer = DistillationTrainer(
                 model=student,
                 args=args,
                 teacher_model=None if cached else self.teacher,
                 train_dataset=self.cached_burst if cached else self.burst_dataset,
                 processing_class=self.tokenizer,
-                callbacks=[timer],
+                callbacks=[Gate()],
             )
-        quiet_trainer(trainer).train()
-        return timer.times[1:]
+        return GatedStepper(gate, quiet_trainer(trainer).train)
+
+
+class GateClosed(Exception):
+    """Raised inside a gated training loop to end it once the coordinator has no more steps for it."""
+
+
+class StepGate:
+    """Lets a training loop that runs in a thread of its own take exactly one step per `step()` call.
+
+    The loop calls `begin()` where a step's timed span starts and `end()` where it ends; both park the loop until
+    the coordinating thread says go, so the batch fetch between two steps also waits its turn and nothing of
+    one method runs while another's step is timed."""
+
+    def __init__(self) -> None:
+        self._go = threading.Semaphore(0)
+        self._done = threading.Semaphore(0)
+        self._first = True
+        self._start = 0.0
+        self.times: list[float] = []
+        self.error: BaseException | None = None
+        self.closed = False
+
+    # the loop's side
+    def begin(self) -> None:
+        if self._first:  # parked before the first step: set up, not yet timed
+            self._first = False
+            self._park()
+        self._start = time.perf_counter()
+
+    def end(self) -> None:
+        self.times.append(time.perf_counter() - self._start)
+        self._park()
+
+    def _park(self) -> None:
+        self._done.release()
+        self._go.acquire()
+        if self.closed:  # the measurement is over (or failed elsewhere): end the loop where it stands
+            raise GateClosed
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._done.release()
+
+    # the coordinator's side
+    def wait(self, timeout: float = 900.0) -> None:
+        if not self._done.acquire(timeout=timeout):
+            raise RuntimeError(f"a gated training loop took no step within {timeout:.0f} s")
+        if self.error is not None:
+            raise RuntimeError(f"a gated training loop failed: {self.error!r}") from self.error
+
+    def step(self) -> float:
+        self._go.release()
+        self.wait()
+        return self.times[-1]
+
+    def finish(self) -> None:
+        self.closed = True
+        self._go.release()  # the parked loop wakes up and ends with GateClosed
+
+
+class GatedStepper:
+    """Runs `loop` (a training loop calling the gate's begin/end) in a daemon thread; `step()` takes one step."""
+
+    def __init__(self, gate: StepGate, loop: Any) -> None:
+        self.gate = gate
+
+        def target() -> None:
+            try:
+                loop()
+            except GateClosed:
+                pass
+            except BaseException as err:  # handed to the coordinator, which raises it
+                gate.fail(err)
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+        gate.wait()  # set up and parked before its first step
+
+    def step(self) -> float:
+        return self.gate.step()
+
+    def close(self) -> None:
+        self.gate.finish()
+        self.thread.join(timeout=120)
+
+
+class FloorStepper:
+    """The hand-written loop, one step per call: teacher forward under no_grad (live), or precomputed teacher
+    logits (cached), or no teacher at all (none); student forward, backward, clipping, the Trainer's AdamW."""
+
+    def __init__(self, setting: Setting, mode: str) -> None:
+        self.setting, self.mode, self.i = setting, mode, 0
+        self.student = setting.student()
+        self.optimizer = trainer_optimizer(self.student.parameters())
+
+    def step(self) -> float:
+        setting, student = self.setting, self.student
+        b = self.i % len(setting.batches)
+        self.i += 1
+        batch = setting.batches[b]
+        inputs, labels = Setting._inputs(batch), batch["labels"]
+        start = time.perf_counter()
+        if self.mode == "live":
+            with torch.no_grad():
+                teacher_logits = setting.teacher(**inputs).logits  # (B, C)
+        logits = student(**inputs).logits  # (B, C)
+        if self.mode == "none":
+            loss = F.cross_entropy(logits, labels)
+        else:
+            loss = kd_loss(
+                logits, teacher_logits if self.mode == "live" else setting.batch_teacher_logits[b], labels
+            )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        pass
 
 
 # ---- TextBrewer, in its own environment ---------------------------------------------------------------------
 
 
 class TextBrewerWorker:
-    """A long-lived process in bench/.venv-textbrewer that runs TextBrewer bursts and jobs on request."""
+    """A long-lived process in bench/.venv-textbrewer that runs TextBrewer steps and jobs on request."""
 
     def __init__(self, setting: Setting) -> None:
         path = os.path.join(RESULTS_DIR, "tmp", "textbrewer_batches.pt")
@@ -288,7 +397,7 @@ def textbrewer_worker(config_json: str) -> None:
     def adaptor(batch: Any, outputs: Any) -> dict[str, Any]:
         return {"logits": [outputs.logits], "losses": [outputs.loss]}  # losses: the model's own CE on labels
 
-    def distiller_for(student: Any, caching: bool = False) -> Any:
+    def distiller_for(student: Any) -> Any:
         train_config = TrainingConfig(
             device="cpu", output_dir=config["output_dir"], log_dir=None, ckpt_steps=10**9
         )
@@ -297,7 +406,6 @@ def textbrewer_worker(config_json: str) -> None:
             kd_loss_type="ce",
             kd_loss_weight=ALPHA * TEMPERATURE**2,
             hard_label_weight=1 - ALPHA,
-            is_caching_logits=caching,  # TextBrewer's own cache: one teacher pass, batches kept in memory
         )
         return BasicDistiller(train_config, distill_config, teacher, student, adaptor, adaptor)
 
@@ -309,27 +417,39 @@ def textbrewer_worker(config_json: str) -> None:
         print("@@" + json.dumps(obj), flush=True)
 
     send({"ready": textbrewer.__version__})
+    stepper, hooks = None, []
     for line in sys.stdin:
         request = json.loads(line)
         if request["command"] == "quit":
             return
+        if request["command"] == "step":
+            send({"seconds": stepper.step()})
+            continue
+        if request["command"] == "stepper_close":
+            stepper.close()
+            for hook in hooks:
+                hook.remove()  # the teacher serves the end-to-end job next
+            send({"closed": True})
+            continue
         student = fresh_student()
         optimizer = trainer_optimizer(student.parameters())
         distiller = distiller_for(student)
-        if request["command"] == "burst":
-            times, start = [], [0.0]
-            pre = teacher.register_forward_pre_hook(lambda *_, s=start: s.__setitem__(0, time.perf_counter()))
-            post = optimizer.register_step_post_hook(
-                lambda *_, s=start, t=times: t.append(time.perf_counter() - s[0])
-            )
-            with distiller:
-                distiller.train(
-                    optimizer, batches, num_steps=int(request["value"]), max_grad_norm=MAX_GRAD_NORM
-                )
-            pre.remove()
-            post.remove()
-            send({"times": times[1:]})
-        elif request["command"] in ("job", "job_cached"):
+        if request["command"] == "stepper":
+            # TextBrewer's own loop in a thread, let through one step per "step" request: the step's span runs
+            # from the teacher's forward (the first thing of a step) to the end of the optimizer step.
+            gate = StepGate()
+            hooks = [
+                teacher.register_forward_pre_hook(lambda *_, g=gate: g.begin()),
+                optimizer.register_step_post_hook(lambda *_, g=gate: g.end()),
+            ]
+
+            def loop(d: Any = distiller, o: Any = optimizer, n: int = int(request["value"])) -> None:
+                with d:
+                    d.train(o, batches, num_steps=n, max_grad_norm=MAX_GRAD_NORM)
+
+            stepper = GatedStepper(gate, loop)
+            send({"ready": True})
+        elif request["command"] == "job":
             # The end-to-end job: `value` epochs over the whole training split, shuffled, dynamic padding.
             from bench.common import TaskSpec
 
@@ -347,8 +467,6 @@ def textbrewer_worker(config_json: str) -> None:
             )
             load_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            if request["command"] == "job_cached":
-                distiller = distiller_for(student, caching=True)
             with distiller:
                 distiller.train(
                     optimizer, loader, num_epochs=int(request["value"]), max_grad_norm=MAX_GRAD_NORM
@@ -361,17 +479,13 @@ def textbrewer_worker(config_json: str) -> None:
 # ---- end to end -----------------------------------------------------------------------------------------------
 
 LEVERS = {
-    "none": "hf-kd, live teacher, no lever",
-    "cache": "+ cached teacher logits (teacher run once, time included)",
-    "group_by_length": "+ length-grouped batches (train_sampling_strategy='group_by_length')",
-    "bf16_teacher": "+ bfloat16 teacher (teacher_dtype='bfloat16')",
-    "all": "teacher levers together: bf16 teacher makes the cache, length-grouped batches",
-    "bf16_student": "+ bfloat16 autocast for the student (bf16=True; weights and optimizer stay float32)",
-    "all_bf16_student": "teacher levers together + bfloat16 autocast for the student",
+    "cache": "hf-kd, cached teacher logits (teacher run once, its time included)",
+    "all": "hf-kd, teacher levers together: bf16 teacher makes the cache, length-grouped batches",
+    "all_bf16_student": "hf-kd, teacher levers together + bfloat16 autocast for the student (bf16=True)",
 }
 # Levers that change how the student itself trains (its matmuls run in bfloat16), not what the teacher costs:
 # reported on their own, with the test accuracy each job reaches, so that speed bought with precision shows.
-STUDENT_PRECISION_LEVERS = ("bf16_student", "all_bf16_student")
+STUDENT_PRECISION_LEVERS = ("all_bf16_student",)
 
 
 def hfkd_job(setting: Setting, lever: str, epochs: int) -> tuple[float, float]:
@@ -380,23 +494,16 @@ def hfkd_job(setting: Setting, lever: str, epochs: int) -> tuple[float, float]:
     from hf_kd import DistillationConfig, DistillationTrainer, cache_teacher_outputs
 
     started = time.perf_counter()
-    bf16_cache = lever in ("all", "all_bf16_student")
-    teacher = copy.deepcopy(setting.teacher) if lever == "bf16_teacher" or bf16_cache else setting.teacher
-    train = setting.train
+    teacher = setting.teacher
     extra: dict[str, Any] = {}
-    if lever in ("group_by_length", "all", "all_bf16_student"):
+    if lever in ("all", "all_bf16_student"):
         extra["train_sampling_strategy"] = "group_by_length"
-    if lever == "bf16_teacher":
-        extra["teacher_dtype"] = "bfloat16"
+        teacher = copy.deepcopy(teacher).to(torch.bfloat16)  # what teacher_dtype='bfloat16' does
     if lever in STUDENT_PRECISION_LEVERS:
         extra["bf16"] = True
-    if lever == "cache" or bf16_cache:
-        if bf16_cache:
-            teacher = teacher.to(torch.bfloat16)
-        train = cache_teacher_outputs(
-            teacher, train, batch_size=64, tokenizer=setting.tokenizer, device="cpu"
-        )
-        teacher = None
+    train = cache_teacher_outputs(
+        teacher, setting.train, batch_size=64, tokenizer=setting.tokenizer, device="cpu"
+    )
     args = DistillationConfig(
         **base_args(
             os.path.join(RESULTS_DIR, "tmp", "job"),
@@ -413,7 +520,6 @@ def hfkd_job(setting: Setting, lever: str, epochs: int) -> tuple[float, float]:
     trainer = DistillationTrainer(
         model=setting.student(),
         args=args,
-        teacher_model=teacher,
         train_dataset=train,
         processing_class=setting.tokenizer,
     )
@@ -422,24 +528,70 @@ def hfkd_job(setting: Setting, lever: str, epochs: int) -> tuple[float, float]:
     return seconds, test_accuracy(trainer.model, setting.tokenized["test"], setting.tokenizer)
 
 
-def teacher_forward_levers(setting: Setting, rounds: int) -> dict[str, float]:
-    """Median seconds of one teacher forward on a training batch: no_grad (what the trainer does),
-    inference_mode, and bfloat16 weights; interleaved."""
+TEACHER_LEVERS = {
+    "no_grad": "float32, torch.no_grad, shuffled batches (hf-kd's live teacher and its cache)",
+    "inference_mode": "float32, torch.inference_mode, shuffled batches",
+    "bf16": "bfloat16 weights (teacher_dtype='bfloat16'), torch.no_grad, shuffled batches",
+    "group_by_length": "float32, torch.no_grad, length-grouped batches (train_sampling_strategy='group_by_length')",
+    "all": "bfloat16 weights, torch.inference_mode, length-grouped batches",
+}
+
+
+def teacher_epoch_levers(setting: Setting) -> dict[str, dict[str, float]]:
+    """Each teacher lever on its own: seconds of the teacher's forward passes over one whole epoch of the training
+    split (the batches a shuffled epoch or a length-grouped epoch of `Trainer` would form, dynamically padded), and
+    the tokens those batches hold after padding."""
+    from transformers import DataCollatorWithPadding
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    train, size = setting.train, setting.batch_size
+    collate = DataCollatorWithPadding(setting.tokenizer)
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in train.column_names]
+    rows = [dict(zip(columns, values)) for values in zip(*(train[c] for c in columns))]
+    shuffled = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    grouped = list(
+        LengthGroupedSampler(
+            size, lengths=[len(r["input_ids"]) for r in rows], generator=torch.Generator().manual_seed(0)
+        )
+    )
+
+    def batches(order: list[int]) -> list[dict[str, torch.Tensor]]:
+        return [dict(collate([rows[i] for i in order[b : b + size]])) for b in range(0, len(order), size)]
+
+    orders = {"shuffled": batches(shuffled), "grouped": batches(grouped)}
     bf16 = copy.deepcopy(setting.teacher).to(torch.bfloat16)
-    inputs = Setting._inputs(setting.batches[0])
-    runs: dict[str, list[float]] = {"no_grad": [], "inference_mode": [], "bf16_no_grad": []}
-    for _ in range(rounds):
-        for name, model, context in (
-            ("no_grad", setting.teacher, torch.no_grad),
-            ("inference_mode", setting.teacher, torch.inference_mode),
-            ("bf16_no_grad", bf16, torch.no_grad),
-        ):
-            with context():
-                model(**inputs)  # warm-up
-                start = time.perf_counter()
-                model(**inputs)
-                runs[name].append(time.perf_counter() - start)
-    return {name: median(values) for name, values in runs.items()}
+    plan = {
+        "no_grad": (setting.teacher, torch.no_grad, "shuffled"),
+        "inference_mode": (setting.teacher, torch.inference_mode, "shuffled"),
+        "bf16": (bf16, torch.no_grad, "shuffled"),
+        "group_by_length": (setting.teacher, torch.no_grad, "grouped"),
+        "all": (bf16, torch.inference_mode, "grouped"),
+    }
+    out = {}
+    for name, (model, context, order) in plan.items():
+        with context():
+            model(**orders[order][0])  # warm-up, not timed
+            start = time.perf_counter()
+            for batch in orders[order]:
+                model(**batch)
+            seconds = time.perf_counter() - start
+        tokens = sum(int(batch["input_ids"].numel()) for batch in orders[order])
+        out[name] = {"seconds": seconds, "padded_tokens": tokens, "batches": len(orders[order])}
+    return out
+
+
+class TextBrewerStepper:
+    """TextBrewer's loop in the worker process, one step per `step()` (see the worker's "stepper" command)."""
+
+    def __init__(self, worker: TextBrewerWorker, steps: int) -> None:
+        self.worker = worker
+        worker.ask("stepper", steps)
+
+    def step(self) -> float:
+        return self.worker.ask("step", 0)["seconds"]
+
+    def close(self) -> None:
+        self.worker.ask("stepper_close", 0)
 
 
 # ---- the benchmark ------------------------------------------------------------------------------------------
@@ -448,59 +600,54 @@ def teacher_forward_levers(setting: Setting, rounds: int) -> dict[str, float]:
 def run(
     quick: bool = False,
     rounds: int | None = None,
-    burst: int | None = None,
+    warmup: int | None = None,
     epochs: int | None = None,
     batch_size: int = 32,
     max_length: int = 128,
     log: Any = print,
 ) -> dict[str, Any]:
     quiet_transformers()
-    rounds = rounds or (2 if quick else 5)
-    burst = burst or (3 if quick else 7)
+    rounds = rounds or (5 if quick else 22)
+    warmup = warmup or (1 if quick else 2)
     epochs = epochs or (1 if quick else 3)
     info = machine_info()
     setting = Setting(quick, batch_size, max_length, log=log)
-    runners = {
-        "floor_live": lambda: setting.floor_burst("live", burst),
-        "floor_cached": lambda: setting.floor_burst("cached", burst),
-        "floor_none": lambda: setting.floor_burst("none", burst),
-        "hfkd_live": lambda: setting.trainer_burst("hfkd_live", burst),
-        "hfkd_hidden": lambda: setting.trainer_burst("hfkd_hidden", burst),
-        "hfkd_cached": lambda: setting.trainer_burst("hfkd_cached", burst),
-        "trainer": lambda: setting.trainer_burst("trainer", burst),
-    }
+    steppers: dict[str, Any] = {}
     worker = None
     textbrewer_error = None
-    if os.path.isfile(TEXTBREWER_PYTHON):
-        try:
-            worker = TextBrewerWorker(setting)
-            runners["textbrewer"] = lambda: worker.ask("burst", burst)["times"]
-        except Exception as err:  # reported on the page instead of the row
-            textbrewer_error = f"TextBrewer worker failed: {err}"
-    else:
-        textbrewer_error = "TextBrewer not set up: run `bash bench/textbrewer_setup.sh`"
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
     try:
+        for mode in ("live", "cached", "none"):
+            steppers[f"floor_{mode}"] = setting.floor_stepper(mode)
+        for method in ("hfkd_live", "hfkd_hidden", "hfkd_cached", "hfkd_cached_bf16", "trainer"):
+            steppers[method] = setting.trainer_stepper(method, rounds)
+        if os.path.isfile(TEXTBREWER_PYTHON):
+            try:
+                worker = TextBrewerWorker(setting)
+                steppers["textbrewer"] = TextBrewerStepper(worker, rounds)
+            except Exception as err:  # reported on the page instead of the row
+                textbrewer_error = f"TextBrewer worker failed: {err}"
+        else:
+            textbrewer_error = "TextBrewer not set up: run `bash bench/textbrewer_setup.sh`"
+        names = list(steppers)
+        samples: dict[str, list[float]] = {name: [] for name in names}
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
             for name in order:
-                times[name] += runners[name]()
-            log(f"step cost: round {r + 1}/{rounds} done")
-        levers = teacher_forward_levers(setting, rounds=3 if quick else 7)
+                seconds = steppers[name].step()
+                if r >= warmup:
+                    samples[name].append(seconds)
+            if (r + 1) % 5 == 0 or r + 1 == rounds:
+                log(f"step cost: round {r + 1}/{rounds} done")
+        for stepper in steppers.values():
+            stepper.close()
+        steppers.clear()
+        log("step cost: teacher levers over one epoch")
+        levers = teacher_epoch_levers(setting)
         jobs: dict[str, float] = {}
         accuracy: dict[str, float] = {}
-        # One job each (a job is minutes), TextBrewer's live job first and again last: the two bracket the
-        # hf-kd jobs, so their difference shows how much the machine drifted while the others ran.
-        schedule: list[tuple[str, Any]] = [(lever, None) for lever in LEVERS]
-        if worker is not None:
-            schedule = [
-                ("textbrewer", "job"),
-                schedule[0],
-                ("textbrewer_cached", "job_cached"),
-                *schedule[1:],
-                ("textbrewer_again", "job"),
-            ]
+        schedule = ([("textbrewer", "job")] if worker is not None else []) + [
+            (lever, None) for lever in LEVERS
+        ]
         for name, command in schedule:
             if command is None:
                 jobs[name], accuracy[name] = hfkd_job(setting, name, epochs)
@@ -515,6 +662,11 @@ def run(
                 continue
             log(f"end to end: {name} {jobs[name]:.1f} s, test accuracy {accuracy[name]:.4f}")
     finally:
+        for stepper in steppers.values():
+            try:
+                stepper.close()
+            except Exception:  # already failing: the first error is the one to see
+                pass
         if worker is not None:
             worker.close()
     return {
@@ -524,7 +676,7 @@ def run(
             "batch_size": setting.batch_size,
             "max_length": setting.spec.max_length,
             "rounds": rounds,
-            "burst": burst,
+            "warmup": warmup,
             "epochs": epochs,
             "temperature": TEMPERATURE,
             "alpha": ALPHA,
@@ -532,82 +684,101 @@ def run(
             "train_examples": len(setting.train),
             "teacher": str(teacher_path()),
         },
-        "step_seconds": {name: median(values) for name, values in times.items()},
-        "step_samples": times,
-        "teacher_forward_seconds": levers,
+        "step_seconds": {name: median(values) for name, values in samples.items()},
+        "step_samples": samples,
+        "teacher_epoch": levers,
         "job_seconds": jobs,
         "job_accuracy": accuracy,
         "textbrewer_error": textbrewer_error,
     }
 
 
-def per_round_medians(samples: list[float], rounds: int) -> list[float]:
-    """The median of each round's burst (samples are stored round after round, equal bursts)."""
-    size = max(1, len(samples) // rounds)
-    return [median(samples[i : i + size]) for i in range(0, size * rounds, size)]
+BLOCKS = (
+    5  # the measured rounds are cut into this many consecutive blocks to show how the machine's speed moved
+)
 
 
-def paired_round_ratios(samples: dict[str, list[float]], name: str, base: str, rounds: int) -> list[float]:
-    """Per round, `name`'s median step over `base`'s median step in the same round."""
-    return [
-        a / b
-        for a, b in zip(per_round_medians(samples[name], rounds), per_round_medians(samples[base], rounds))
-    ]
+def block_medians(samples: list[float], blocks: int = BLOCKS) -> list[float]:
+    """The median of each of `blocks` consecutive, equal blocks of samples (stored round after round)."""
+    size = max(1, len(samples) // blocks)
+    return [median(samples[i : i + size]) for i in range(0, size * min(blocks, len(samples)), size)]
+
+
+def paired_ratios(samples: dict[str, list[float]], name: str, base: str) -> list[float]:
+    """Round by round, `name`'s step over `base`'s step in the same round (seconds apart on the machine)."""
+    return [a / b for a, b in zip(samples[name], samples[base])]
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
 
 
 def report(data: dict[str, Any]) -> str:
     s = data["settings"]
     steps = data["step_seconds"]
+    samples = data["step_samples"]
     floor = steps["floor_live"]
     rows = []
     for name, label in METHODS.items():
         if name not in steps:
             rows.append([label, "not run", "", "", "", ""])
             continue
-        samples = data["step_samples"][name]
-        rounds = per_round_medians(samples, s["rounds"])
-        paired = paired_round_ratios(data["step_samples"], name, "floor_live", s["rounds"])
+        blocks = block_medians(samples[name])
+        paired = paired_ratios(samples, name, "floor_live")
+        low, high = _quartiles(paired)
         rows.append(
             [
                 label,
                 f"{steps[name]:.3f}",
-                f"{min(rounds):.2f}-{max(rounds):.2f}",
+                f"{min(blocks):.2f}-{max(blocks):.2f}",
                 f"{steps[name] / floor:.2f}",
-                f"{median(paired):.2f} ({min(paired):.2f}-{max(paired):.2f})",
-                len(samples),
+                f"{median(paired):.2f} ({low:.2f}-{high:.2f})",
+                len(samples[name]),
             ]
         )
     parts = [
         f"Batch {s['batch_size']}, max length {s['max_length']}, 2-layer student, T = {s['temperature']:g}, "
-        f"alpha = {s['alpha']:g}; {s['rounds']} interleaved rounds of {s['burst']}-step bursts, first step of each "
-        "burst dropped; median seconds per step. The spread columns show how much the machine's speed moved "
-        "between rounds: the range of each round's median, and the ratio to the floor taken within each round "
-        "(median over rounds, with its range).\n",
+        f"alpha = {s['alpha']:g}. Every method keeps one training run alive and the methods take one step each in "
+        f"turn, for {s['rounds']} rounds (the order rotates each round); the first {s['warmup']} rounds are "
+        "dropped; median seconds per step. The spread columns show the machine's noise: the range of the medians "
+        f"of {BLOCKS} consecutive blocks of rounds, and the ratio to the floor's step of the same round (median "
+        "over rounds, with the interquartile range).\n",
         markdown_table(
             [
                 "method",
                 "s / step",
-                "round medians",
+                "block medians",
                 "ratio to floor (live)",
-                "ratio to floor within a round",
+                "ratio to the floor's step in the same round",
                 "steps measured",
             ],
             rows,
         ),
     ]
     checks = []
+
+    def paired_median(name: str, base: str) -> float:
+        return median(paired_ratios(samples, name, base))
+
     if "hfkd_live" in steps:
         r = steps["hfkd_live"] / floor
         checks.append(
-            f"- hf-kd live teacher / floor: {r:.3f} (goal <= 1.05: {'met' if r <= 1.05 else 'NOT met'})"
+            f"- hf-kd live teacher / floor: {r:.3f}; paired round by round {paired_median('hfkd_live', 'floor_live'):.3f} "
+            f"(goal <= 1.05: {'met' if r <= 1.05 else 'NOT met'})"
         )
     if "hfkd_cached" in steps and "trainer" in steps:
         r = steps["hfkd_cached"] / steps["trainer"]
         checks.append(
-            f"- hf-kd cached / plain Trainer: {r:.3f} (goal <= 1.05: {'met' if r <= 1.05 else 'NOT met'})"
+            f"- hf-kd cached / plain Trainer: {r:.3f}; paired round by round "
+            f"{paired_median('hfkd_cached', 'trainer'):.3f} (goal <= 1.05: {'met' if r <= 1.05 else 'NOT met'})"
         )
     if "hfkd_cached" in steps:
         checks.append(f"- hf-kd cached / floor (cached): {steps['hfkd_cached'] / steps['floor_cached']:.3f}")
+    if "hfkd_cached_bf16" in steps:
+        checks.append(
+            f"- bf16 autocast student / float32 (both cached): {steps['hfkd_cached_bf16'] / steps['hfkd_cached']:.3f}"
+        )
     if "trainer" in steps:
         checks.append(f"- plain Trainer / floor (no teacher): {steps['trainer'] / steps['floor_none']:.3f}")
     if "textbrewer" in steps:
@@ -619,68 +790,44 @@ def report(data: dict[str, Any]) -> str:
         checks.append(f"- {data['textbrewer_error']}")
     parts.append("\n" + "\n".join(checks) + "\n")
 
-    lev = data["teacher_forward_seconds"]
+    lev = data["teacher_epoch"]
+    base = lev["no_grad"]["seconds"]
     parts.append(
-        "Teacher forward alone (one training batch, median, interleaved):\n\n"
+        f"Teacher levers one by one: the teacher's forward passes over one epoch of the {s['train_examples']} training "
+        f"examples ({lev['no_grad']['batches']} batches of {s['batch_size']}, dynamic padding), in one pass each:\n\n"
         + markdown_table(
-            ["teacher forward", "s", "ratio to no_grad"],
+            ["teacher forward over one epoch", "s", "ratio to no_grad", "tokens after padding"],
             [
-                ["float32, torch.no_grad (hf-kd's trainer)", f"{lev['no_grad']:.4f}", "1.00"],
                 [
-                    "float32, torch.inference_mode",
-                    f"{lev['inference_mode']:.4f}",
-                    f"{lev['inference_mode'] / lev['no_grad']:.2f}",
-                ],
-                [
-                    "bfloat16 weights, torch.no_grad",
-                    f"{lev['bf16_no_grad']:.4f}",
-                    f"{lev['bf16_no_grad'] / lev['no_grad']:.2f}",
-                ],
+                    label,
+                    f"{lev[k]['seconds']:.1f}",
+                    f"{lev[k]['seconds'] / base:.2f}",
+                    lev[k]["padded_tokens"],
+                ]
+                for k, label in TEACHER_LEVERS.items()
+                if k in lev
             ],
         )
         + "\n"
     )
     jobs = data["job_seconds"]
     accuracy = data.get("job_accuracy", {})
-    live_runs = [jobs[k] for k in ("textbrewer", "textbrewer_again") if k in jobs]
-    base = sum(live_runs) / len(live_runs) if live_runs else None
+    tb = jobs.get("textbrewer")
 
     def row(label: str, name: str) -> list[str]:
-        ratio = f"{jobs[name] / base:.2f}" if base else "n/a"
+        ratio = f"{jobs[name] / tb:.2f}" if tb else "n/a"
         acc = f"{accuracy[name]:.4f}" if name in accuracy else "n/a"
         return [label, f"{jobs[name]:.1f}", ratio, acc]
 
-    rows = []
-    if "textbrewer" in jobs:
-        rows.append(row("TextBrewer 0.2.1.post1, live teacher (first job)", "textbrewer"))
-    if "textbrewer_cached" in jobs:
-        rows.append(
-            row("TextBrewer 0.2.1.post1, its own logit cache (is_caching_logits=True)", "textbrewer_cached")
-        )
-    for lever, label in LEVERS.items():
-        if lever in jobs:
-            rows.append(row(label, lever))
-    if "textbrewer_again" in jobs:
-        rows.append(row("TextBrewer 0.2.1.post1, live teacher, again (last job)", "textbrewer_again"))
+    rows = [row("TextBrewer 0.2.1.post1, live teacher", "textbrewer")] if tb else []
+    rows += [row(label, lever) for lever, label in LEVERS.items() if lever in jobs]
     parts.append(
         f"End to end: {s['epochs']}-epoch distillation over the {s['train_examples']} training examples, "
         "wall seconds from models in memory to training done (caching included where used); test accuracy of "
         "the trained student, measured after the clock stops (float32, no autocast):\n\n"
         + markdown_table(["job", "wall s", "ratio to TextBrewer", "test accuracy"], rows)
     )
-    if "textbrewer_cached" in jobs and live_runs and jobs["textbrewer_cached"] > min(live_runs):
-        parts.append(
-            "\nTextBrewer's cached job took longer than a live-teacher job of the same length, although caching "
-            "only removes work (one teacher pass instead of three): the machine was slower while it ran, so the "
-            "ratios to it below are flattering to hf-kd and should be read with that in mind."
-        )
-    if len(live_runs) == 2:
-        parts.append(
-            f"\nRatios are to the mean of TextBrewer's two live-teacher jobs ({base:.1f} s), run first and last; "
-            f"they differ by {abs(live_runs[1] - live_runs[0]) / base:.1%}, which is how much the machine drifted "
-            "while the other jobs ran."
-        )
-    if base:
+    if tb:
         ours = {k: v for k, v in jobs.items() if k in LEVERS}
         fp32_student = {k: v for k, v in ours.items() if k not in STUDENT_PRECISION_LEVERS}
         lines = []
@@ -691,16 +838,11 @@ def report(data: dict[str, Any]) -> str:
             if not pool:
                 continue
             best = min(pool, key=pool.get)
-            r = pool[best] / base
-            line = (
+            r = pool[best] / tb
+            lines.append(
                 f"- Best hf-kd job, {title}: `{best}`, {r:.2f} of TextBrewer "
                 f"(goal <= 0.65: {'met' if r <= 0.65 else 'NOT met'})"
             )
-            if "textbrewer_cached" in jobs:
-                line += (
-                    f"; {pool[best] / jobs['textbrewer_cached']:.2f} of TextBrewer with its own logit cache"
-                )
-            lines.append(line)
         parts.append("\n" + "\n".join(lines) + "\n")
     return "\n".join(parts)
 
@@ -710,8 +852,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every path")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 2)")
-    parser.add_argument("--burst", type=int, help="steps per burst, the first dropped (default 7; quick 3)")
+    parser.add_argument("--rounds", type=int, help="rounds of one step per method (default 22; quick 5)")
+    parser.add_argument("--warmup", type=int, help="first rounds dropped (default 2; quick 1)")
     parser.add_argument("--epochs", type=int, help="epochs of the end-to-end jobs (default 3; quick 1)")
     parser.add_argument("--output", help="JSON file (default bench/results/step_cost[_quick].json)")
     parser.add_argument("--textbrewer-worker", help=argparse.SUPPRESS)
@@ -719,7 +861,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.textbrewer_worker:
         textbrewer_worker(args.textbrewer_worker)
         return None
-    data = run(args.quick, args.rounds, args.burst, args.epochs, log=lambda m: print(m, flush=True))
+    data = run(args.quick, args.rounds, args.warmup, args.epochs, log=lambda m: print(m, flush=True))
     save_json(
         data,
         args.output or os.path.join(RESULTS_DIR, "step_cost_quick.json" if args.quick else "step_cost.json"),
