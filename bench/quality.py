@@ -425,7 +425,12 @@ def report(data: dict[str, Any]) -> str:
     parts.append("#### Goals\n\n" + "\n".join(goals(summary, layers, data["runs"])) + "\n")
     runs = data["runs"].values()
     train_seconds = sum(r.get("train_seconds", 0.0) for r in runs)
-    cache_seconds = sum(r.get("cache_seconds", 0.0) for r in runs)
+    # One cache per (dataset, seed) serves both logit-KD students, and both runs record its time: count it once.
+    caches: dict[str, float] = {}
+    for key, r in data["runs"].items():
+        dataset, seed, _ = key.split("/")
+        caches[f"{dataset}/{seed}"] = max(caches.get(f"{dataset}/{seed}", 0.0), r.get("cache_seconds", 0.0))
+    cache_seconds = sum(caches.values())
     parts.append(
         f"Training time summed over the {len(data['runs'])} runs: {train_seconds / 60:.0f} min, plus "
         f"{cache_seconds / 60:.1f} min caching teacher logits (evaluation not counted; a teacher loaded from "

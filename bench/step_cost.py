@@ -284,9 +284,13 @@ class GatedStepper:
             try:
                 loop()
             except GateClosed:
-                pass
+                return
             except BaseException as err:  # handed to the coordinator, which raises it
                 gate.fail(err)
+                return
+            # A loop ends through GateClosed once the coordinator is done with it; returning on its own means
+            # it ran out of steps first, and a coordinator waiting for its next step must not wait forever.
+            gate.fail(RuntimeError("the training loop ended before the measurement asked for its last step"))
 
         self.thread = threading.Thread(target=target, daemon=True)
         self.thread.start()
@@ -810,6 +814,15 @@ def report(data: dict[str, Any]) -> str:
         )
         + "\n"
     )
+    if (
+        "group_by_length" in lev
+        and lev["group_by_length"]["padded_tokens"] == lev["no_grad"]["padded_tokens"]
+    ):
+        parts.append(
+            "Length grouping leaves the padded token count unchanged here (nearly every article fills the max "
+            "length), so it cannot save anything on this data: its difference from no_grad is the machine's "
+            "noise between two passes of the same work.\n"
+        )
     jobs = data["job_seconds"]
     accuracy = data.get("job_accuracy", {})
     tb = jobs.get("textbrewer")
