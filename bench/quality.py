@@ -339,7 +339,8 @@ def goals(summary: dict[str, Any], layers: list[int], runs: dict[str, Any]) -> l
                     f"paired per seed {diff_mean:+.2f} ± {diff_std:.2f}) -- {'met' if met else 'NOT met'}."
                 )
     bbc = summary.get("bbc_news", {})
-    two = {m: v for m, v in bbc.items() if m.startswith("student2-")}
+    # in the table's order, so that a tie goes to the same row whatever order the runs were saved in
+    two = {f"student2-{m}": bbc[f"student2-{m}"] for m in STUDENT_METHODS if f"student2-{m}" in bbc}
     if two and "teacher" in bbc:
         best_model, best = max(two.items(), key=lambda kv: kv[1]["mean"])
         met = best["kept"] >= 0.99
