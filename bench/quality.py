@@ -182,7 +182,8 @@ def _train_student(
     return trainer.model, time.perf_counter() - start
 
 
-# Where the inference section finds BBC News models of the first seed, in the layout `hf-kd demo` writes.
+# Where the inference section finds BBC News models of the first seed, in the layout `hf-kd demo` writes: the
+# demo's pair, a logit + hidden distilled student and a no-distillation one (2 layers each).
 INFERENCE_DIRS = {"hidden": "student_distilled", "none": "student_baseline"}
 
 
@@ -259,11 +260,9 @@ def run(plan: QualityPlan, path: str, log: Any = print, models_dir: str | None =
                     }
                     save_json(data, path)
                     log(f"{key}: accuracy {runs[key]['accuracy']:.4f} ({seconds:.0f} s)")
-                    if models_dir and spec.name == "bbc_news" and seed == plan.seeds[0] and n == 2:
-                        if (
-                            method != "logit"
-                        ):  # the demo's pair: logit + hidden distilled, and no distillation
-                            save_for_inference(model, tokenizer, models_dir, INFERENCE_DIRS[method])
+                    first_bbc_pair = spec.name == "bbc_news" and seed == plan.seeds[0] and n == 2
+                    if models_dir and first_bbc_pair and method in INFERENCE_DIRS:
+                        save_for_inference(model, tokenizer, models_dir, INFERENCE_DIRS[method])
                         if method == "none":
                             save_for_inference(teacher, tokenizer, models_dir, "teacher")
                     del model

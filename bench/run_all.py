@@ -9,9 +9,9 @@
 
 Sections: 1 step cost (hf-kd vs the hand-written floor vs TextBrewer, the teacher levers one by one, and the
 end-to-end jobs), 2 quality over 3 seeds, 3 peak memory, 4 growth, 5 inference (bench/compression.py on the
-quality section's first-seed BBC News models). The page states how long each section took. Each section's figures are saved as JSON under bench/results/
-(`*_quick.json` in quick mode), and the page is built from those files only. Timing sections need a quiet
-machine: run them when nothing else is running.
+quality section's first-seed BBC News models). The page states how long each section took. Each section's
+figures are saved as JSON under bench/results/ (`*_quick.json` in quick mode), and the page is built from those
+files only. Timing sections need a quiet machine: run them when nothing else is running.
 """
 
 from __future__ import annotations
@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as err:  # one failed section must not lose the others' figures
             data = {"error": f"{type(err).__name__}: {err}"}
         durations[section] = time.perf_counter() - started
-        data["section_seconds"] = durations[section]  # kept, so a page rebuilt from this JSON can still say
+        data["section_seconds"] = durations[
+            section
+        ]  # a page rebuilt from this JSON still says how long it took
         if not data.get("error"):
             save_json(data, path)
         results[section] = data

@@ -160,9 +160,6 @@ class Setting:
 
     # ---- per-step runs ------------------------------------------------------------------------------------
 
-    def floor_stepper(self, mode: str) -> FloorStepper:
-        return FloorStepper(self, mode)
-
     def trainer_stepper(self, method: str, steps: int) -> GatedStepper:
         """A real `Trainer.train()` of `steps` steps, running in its own thread, one gated step at a time."""
         from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -621,7 +618,7 @@ def run(
     textbrewer_error = None
     try:
         for mode in ("live", "cached", "none"):
-            steppers[f"floor_{mode}"] = setting.floor_stepper(mode)
+            steppers[f"floor_{mode}"] = FloorStepper(setting, mode)
         for method in ("hfkd_live", "hfkd_hidden", "hfkd_cached", "hfkd_cached_bf16", "trainer"):
             steppers[method] = setting.trainer_stepper(method, rounds)
         if os.path.isfile(TEXTBREWER_PYTHON):
@@ -697,9 +694,8 @@ def run(
     }
 
 
-BLOCKS = (
-    5  # the measured rounds are cut into this many consecutive blocks to show how the machine's speed moved
-)
+# The measured rounds are cut into this many consecutive blocks to show how the machine's speed moved.
+BLOCKS = 5
 
 
 def block_medians(samples: list[float], blocks: int = BLOCKS) -> list[float]:
