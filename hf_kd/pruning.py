@@ -103,31 +103,37 @@ def head_magnitude_scores(model: nn.Module) -> torch.Tensor:
     return scores
 
 
-def head_importance_scores(
-    model: nn.Module, dataloader: Iterable[dict[str, Any]], normalize: bool = True
-) -> torch.Tensor:
-    """(num_layers, num_attention_heads): Michel et al.'s importance, the mean over batches of
-    |dL/d mask_h|, where mask_h multiplies head h's context vector (mask = 1 is the unchanged model).
+def mask_gradient_scores(
+    model: nn.Module,
+    dataloader: Iterable[dict[str, Any]],
+    modules: list[nn.Module],
+    group_sizes: list[int],
+) -> list[torch.Tensor]:
+    """Importance of groups of input features: for each module in `modules`, the mean over batches of
+    |dL/d m_g|, where the mask m_g (1 = the unchanged model) multiplies group g of the module's input, its last
+    dimension split into consecutive groups of `group_sizes[i]` features. Returns one (groups,) tensor per module.
 
-    The batches must carry labels so that `model(**batch).loss` exists. With `normalize`, each layer's scores
-    are divided by their L2 norm, as Michel et al. do so that layers compare. Heads already pruned score NaN.
+    With the attention output projection and groups of head_dim this is Michel et al.'s head importance; with
+    the FFN's down projection and groups of 1 it is the first-order (Taylor) importance of each FFN neuron,
+    |sum over tokens of activation x gradient|. The batches must carry labels so that `model(**batch).loss`
+    exists; the model runs in eval mode (no dropout) and its parameters' `.grad` stay untouched.
     """
-    blocks = attention_modules(model)
     device = next(model.parameters()).device
-    masks = [torch.ones(b.self.num_attention_heads, device=device, requires_grad=True) for b in blocks]
+    masks = [
+        torch.ones(m.in_features // g, device=device, requires_grad=True)
+        for m, g in zip(modules, group_sizes)
+    ]
 
-    def masker(mask: torch.Tensor, d: int):
+    def masker(mask: torch.Tensor, group: int):
         def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            context = args[0]  # (B, L, heads * d), the heads' outputs side by side
-            shape = context.shape
-            context = (context.view(*shape[:-1], -1, d) * mask[:, None].to(context.dtype)).view(shape)
-            return (context, *args[1:])
+            features = args[0]  # (B, L, groups * group), the groups side by side
+            shape = features.shape
+            features = (features.view(*shape[:-1], -1, group) * mask[:, None].to(features.dtype)).view(shape)
+            return (features, *args[1:])
 
         return hook
 
-    handles = [
-        b.output.dense.register_forward_pre_hook(masker(m, _head_dim(b))) for b, m in zip(blocks, masks)
-    ]
+    handles = [m.register_forward_pre_hook(masker(k, g)) for m, k, g in zip(modules, masks, group_sizes)]
     was_training = model.training
     model.eval()  # no dropout: the gradient is that of the deterministic model
     totals = [torch.zeros_like(m) for m in masks]
@@ -139,7 +145,7 @@ def head_importance_scores(
             if loss is None:
                 raise ValueError(
                     "importance scores need the loss: the batches from dataloader carry no labels; "
-                    "add a labels column, or use method='magnitude'"
+                    "add a labels column, or use the magnitude rule"
                 )
             grads = torch.autograd.grad(loss, masks)  # only d loss / d mask: parameter .grad stays untouched
             totals = [t + g.detach().abs() for t, g in zip(totals, grads)]
@@ -150,9 +156,24 @@ def head_importance_scores(
         model.train(was_training)
     if batches == 0:
         raise ValueError("dataloader gave no batches: importance scores need at least one labelled batch")
+    return [t.cpu() / batches for t in totals]
+
+
+def head_importance_scores(
+    model: nn.Module, dataloader: Iterable[dict[str, Any]], normalize: bool = True
+) -> torch.Tensor:
+    """(num_layers, num_attention_heads): Michel et al.'s importance, the mean over batches of
+    |dL/d mask_h|, where mask_h multiplies head h's context vector (mask = 1 is the unchanged model).
+
+    The batches must carry labels so that `model(**batch).loss` exists. With `normalize`, each layer's scores
+    are divided by their L2 norm, as Michel et al. do so that layers compare. Heads already pruned score NaN.
+    """
+    blocks = attention_modules(model)
+    totals = mask_gradient_scores(
+        model, dataloader, [b.output.dense for b in blocks], [_head_dim(b) for b in blocks]
+    )
     scores = torch.full((len(blocks), model.config.num_attention_heads), float("nan"))
-    for layer, total in enumerate(totals):
-        layer_scores = total.cpu() / batches
+    for layer, layer_scores in enumerate(totals):
         if normalize:
             layer_scores = layer_scores / layer_scores.norm().clamp_min(1e-20)
         scores[layer, _kept_heads(model, layer)] = layer_scores

@@ -188,7 +188,7 @@ def test_smaller_hidden_size_is_random_and_logged(caplog):
     teacher = _teacher("bert")
     with caplog.at_level(logging.WARNING, logger="hf_kd.student"):
         student = make_student(
-            teacher, num_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=24
+            teacher, num_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=24, init="random"
         )
     assert student.bert.embeddings.word_embeddings.weight.shape == (VOCAB, 16)
     assert student.bert.encoder.layer[0].intermediate.dense.weight.shape == (24, 16)
@@ -201,7 +201,7 @@ def test_smaller_hidden_size_is_random_and_logged(caplog):
 def test_intermediate_size_override_copies_what_still_fits(caplog):
     teacher = _teacher("bert")
     with caplog.at_level(logging.WARNING, logger="hf_kd.student"):
-        student = make_student(teacher, num_layers=2, intermediate_size=48)
+        student = make_student(teacher, num_layers=2, intermediate_size=48, init="random")
     s_layer, t_layer = student.bert.encoder.layer[1], teacher.bert.encoder.layer[3]
     assert torch.equal(s_layer.attention.self.query.weight, t_layer.attention.self.query.weight)
     assert torch.equal(
@@ -213,7 +213,7 @@ def test_intermediate_size_override_copies_what_still_fits(caplog):
 
 def test_head_count_change_makes_attention_random():
     teacher = _teacher("bert")
-    student = make_student(teacher, num_layers=2, num_attention_heads=2)
+    student = make_student(teacher, num_layers=2, num_attention_heads=2, init="random")
     s_layer, t_layer = student.bert.encoder.layer[1], teacher.bert.encoder.layer[3]
     # same shapes, but heads would split differently: attention re-initialised, the rest copied
     assert not torch.equal(s_layer.attention.self.query.weight, t_layer.attention.self.query.weight)
