@@ -55,7 +55,56 @@ def kl_from_log_probs(student_log_probs: Tensor, teacher_log_probs: Tensor) -> T
     diff = torch.where(
         teacher_probs > 0, teacher_log_probs - student_log_probs, torch.zeros_like(teacher_probs)
     )
-    return (teacher_probs * diff).sum(dim=-1)  # (...)
+    # Rounding can leave a KL of two nearly equal distributions a hair below 0; the true value never is.
+    return (teacher_probs * diff).sum(dim=-1).clamp_min(0.0)  # (...)
+
+
+def kl_from_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) along the last dim, per item, never negative.
+
+    At a high temperature both distributions are nearly uniform: log p_t and log p_s are each about -log C,
+    and their difference, which the KL is made of, is far smaller than the rounding of either in float32
+    (at T = 1e3 the plain sum_c p_t (log p_t - log p_s) gave T^2 * KL = -0.17 where float64 gives +0.004).
+    So the log-ratio d = log p_t - log p_s is formed from the logit difference u = (t - s) / T, as
+    d = u - log sum_c p_s e^u, and the KL is summed as sum_c p_s g(d) with g(d) = d e^d - e^d + 1: the same value
+    (both distributions sum to 1), but each term is >= 0 and g is a short series for small d, so no cancellation
+    is left. Items holding -inf or other non-finite logits (a masked vocabulary), or logits so far apart that their
+    difference overflows float32, take the log-probability path of `kl_from_log_probs`.
+    """
+    s = student_logits.float()  # (..., C)
+    t = teacher_logits.float()
+    with torch.no_grad():
+        # Sums of a few scaled logits must stay finite in float32: beyond 1e36 an item takes the fallback.
+        finite = ((s / temperature).abs() < 1e36).all(-1) & ((t / temperature).abs() < 1e36).all(-1)  # (...)
+    # Those items go through the stable formula as zeros, so that no NaN reaches its gradient.
+    s0 = torch.where(finite.unsqueeze(-1), s, torch.zeros_like(s))
+    t0 = torch.where(finite.unsqueeze(-1), t, torch.zeros_like(t))
+    student_log_probs = torch.log_softmax(s0 / temperature, dim=-1)  # (..., C)
+    student_probs = student_log_probs.exp()
+    u = (t0 - s0) / temperature  # log p_t - log p_s, up to a constant per item
+    v = u - u.max(dim=-1, keepdim=True).values  # <= 0, so nothing overflows
+    # log sum_c p_s e^v: log1p keeps its digits when the distributions are close, logsumexp when they are not.
+    near = (student_probs * torch.expm1(v)).sum(-1, keepdim=True)  # in (-1, 0]
+    log_norm = torch.where(
+        near > -0.5,
+        torch.log1p(near.clamp_min(-0.5)),
+        torch.logsumexp(student_log_probs + v, dim=-1, keepdim=True),
+    )
+    d = v - log_norm  # log p_t - log p_s, (..., C)
+    # p_s g(d): for |d| < 0.1 the series d^2/2 + d^3/3 + d^4/8 + d^5/30 + d^6/144 (relative error < 3e-6);
+    # otherwise p_t (d - 1) + p_s, with p_t from the teacher's softmax (p_s e^d could overflow, and its
+    # exponent would carry the rounding of two large log-probabilities).
+    x = d.clamp(-0.1, 0.1)
+    series = x * x * (1 / 2 + x * (1 / 3 + x * (1 / 8 + x * (1 / 30 + x / 144))))
+    direct = torch.softmax(t0 / temperature, dim=-1) * (d - 1) + student_probs
+    terms = torch.where(d.abs() < 0.1, student_probs * series, direct).clamp_min(0.0)  # (..., C)
+    per_item = terms.sum(dim=-1)  # (...)
+    if bool(finite.all()):
+        return per_item
+    fallback = kl_from_log_probs(
+        _finite_log_softmax(student_logits, temperature), _finite_log_softmax(teacher_logits, temperature)
+    )
+    return torch.where(finite, per_item, fallback)
 
 
 def soft_target_loss(
@@ -86,7 +135,8 @@ def soft_target_loss(
                 f"{tuple(student_logits.shape)} differ in shape: the two models must share the label set "
                 "(and vocabulary for token-level heads)"
             )
-        teacher_log_probs = _finite_log_softmax(teacher_logits, temperature)
+        per_item = kl_from_logits(student_logits, teacher_logits, temperature) * temperature**2
+        return _reduce(per_item, mask, reduction)
     student_log_probs = _finite_log_softmax(student_logits, temperature)
     per_item = kl_from_log_probs(student_log_probs, teacher_log_probs.float()) * temperature**2
     return _reduce(per_item, mask, reduction)
