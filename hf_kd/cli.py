@@ -5,6 +5,8 @@
     hf-kd report ...                                            teacher-versus-student comparison table
     hf-kd push ...                                              publish a distilled student to the Hub
     hf-kd tune ...                                              search temperature / alpha / weights
+    hf-kd export OUTPUT_DIR --format onnx [--int8]              ONNX (and int8) export with a parity check
+    hf-kd size --teacher DIR --latency-ms X                     the largest student under a latency budget
 
 Each subcommand imports its module only when it runs, so `hf-kd --help` is quick and works even when an
 optional part (for example `optuna` for `tune`) is not installed.
@@ -50,6 +52,18 @@ PLUGIN_COMMANDS = {
         "add_tune_arguments",
         "run_tune_command",
     ),
+    "export": (
+        "Export a model folder to ONNX (float32, and int8 with --int8), check parity, add it to the card.",
+        "hf_kd.export",
+        "add_export_arguments",
+        "run_export_command",
+    ),
+    "size": (
+        "Measure candidate students of a teacher (layers x width) and pick the largest under a latency budget.",
+        "hf_kd.sizing",
+        "add_size_arguments",
+        "run_size_command",
+    ),
 }
 COMMANDS = {
     "distill": "Distil a teacher into a student: load, tokenise, train, evaluate, save, write the model card.",
@@ -79,6 +93,10 @@ class ModelArguments:
         student_layer_ids (`list[int]`, *optional*):
             Build the student from exactly these teacher layers, counted from 1
             (`hf_kd.make_student(teacher, layers=...)`).
+        student_hidden_size / student_num_attention_heads / student_intermediate_size (`int`, *optional*):
+            A narrower student built from the teacher (`make_student(hidden_size=..., ...)`).
+        student_init (`str`, defaults to `"select"`):
+            How a narrower student starts: `select` (weight selection from the teacher) or `random`.
         tokenizer_name_or_path (`str`, *optional*):
             Tokenizer to use; defaults to the teacher's.
     """
@@ -105,6 +123,26 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Build the student from exactly these teacher layers, counted from 1 (make_student(layers=...))."
+        },
+    )
+    student_hidden_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "A narrower student: its hidden size (a multiple of the teacher's head size; heads follow)."
+        },
+    )
+    student_num_attention_heads: int | None = field(
+        default=None,
+        metadata={"help": "Heads per layer of a narrower student (default: follow the hidden size)."},
+    )
+    student_intermediate_size: int | None = field(
+        default=None, metadata={"help": "FFN size of a narrower student (default: the teacher's ratio)."}
+    )
+    student_init: str = field(
+        default="select",
+        metadata={
+            "help": "How a narrower student starts: 'select' (a subset of the teacher's weights) or 'random'.",
+            "choices": ["select", "random"],
         },
     )
     tokenizer_name_or_path: str | None = field(
@@ -282,10 +320,16 @@ def _load_models(
             raise CommandError(
                 f"building a student needs hf_kd.student, which failed to import: {err}"
             ) from err
+        width = dict(
+            hidden_size=model_args.student_hidden_size,
+            num_attention_heads=model_args.student_num_attention_heads,
+            intermediate_size=model_args.student_intermediate_size,
+            init=model_args.student_init,
+        )
         if model_args.student_layer_ids:
-            student = make_student(teacher, layers=list(model_args.student_layer_ids))
+            student = make_student(teacher, layers=list(model_args.student_layer_ids), **width)
         else:
-            student = make_student(teacher, num_layers=model_args.student_layers)
+            student = make_student(teacher, num_layers=model_args.student_layers, **width)
     else:
         raise CommandError(
             "no student: pass --student_model_name_or_path <folder>, or --student_layers N to build one from "

@@ -624,7 +624,53 @@ def render_card_from_context(
     card.save(os.path.join(output_dir, CARD_FILE))
     with open(os.path.join(output_dir, CARD_CONTEXT_FILE), "w", encoding="utf-8") as f:
         json.dump(context, f, indent=2, default=str)
+    if context.get("deployment_table"):  # written by hf-kd export; a re-rendered card keeps it
+        _write_deployment_section(os.path.join(output_dir, CARD_FILE), context["deployment_table"])
     return card
+
+
+# ---- deployment (hf-kd export) -----------------------------------------------------------------------------
+
+DEPLOYMENT_START = "<!-- hf-kd deployment -->"
+DEPLOYMENT_END = "<!-- /hf-kd deployment -->"
+
+
+def _write_deployment_section(card_path: str, table: str) -> None:
+    """Put the deployment section into the card at `card_path`, replacing an earlier one, else at the end."""
+    section = (
+        f"{DEPLOYMENT_START}\n## Deployment\n\nExported with `hf-kd export` (ONNX Runtime on CPU; int8 is dynamic "
+        f"quantization of the weights). Parity is measured against this model in PyTorch.\n\n{table}\n"
+        f"{DEPLOYMENT_END}\n"
+    )
+    text = ""
+    if os.path.isfile(card_path):
+        with open(card_path, encoding="utf-8") as f:
+            text = f.read()
+    if DEPLOYMENT_START in text and DEPLOYMENT_END in text:
+        before, rest = text.split(DEPLOYMENT_START, 1)
+        after = rest.split(DEPLOYMENT_END, 1)[1].lstrip("\n")
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    with open(card_path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def add_deployment_section(output_dir: str | os.PathLike, deployment: dict[str, Any], table: str) -> str:
+    """Write the deployment table (formats, sizes, batch-1 latency, parity) into `output_dir`'s README.md, and
+    into its hf_kd_card.json when there is one, so that `hf-kd push` re-rendering the card keeps it. Returns the
+    card's path."""
+    output_dir = str(output_dir)
+    context_path = os.path.join(output_dir, CARD_CONTEXT_FILE)
+    if os.path.isfile(context_path):
+        with open(context_path, encoding="utf-8") as f:
+            context = json.load(f)
+        context["deployment"], context["deployment_table"] = deployment, table
+        with open(context_path, "w", encoding="utf-8") as f:
+            json.dump(context, f, indent=2, default=str)
+    card_path = os.path.join(output_dir, CARD_FILE)
+    _write_deployment_section(card_path, table)
+    return card_path
 
 
 def load_card_context(output_dir: str | os.PathLike) -> dict[str, Any] | None:
