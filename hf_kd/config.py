@@ -13,9 +13,10 @@ with p = softmax(logits / T). `alpha = 1` is pure distillation, `alpha = 0` is p
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
@@ -27,6 +28,30 @@ KD_POSITIONS = ("labelled", "all")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("raise", "skip")
 WEIGHT_FIELDS = ("hidden_weight", "attention_weight", "embedding_weight")
+# Temperatures that teach something. Below 0.05, softmax(logits / T) is one-hot in float32 for any logit gap above
+# about 17 * T (under 1 logit), so the KD term only compares the two argmaxes: its gradient is exactly 0 where they
+# agree and at most T where they differ, and the teacher's ranking of the other classes is lost. Above 100 the
+# softened distributions are uniform to within logit / T, and T^2 * KL has reached its high-temperature limit (half
+# the squared difference of the centred logits): a higher T changes nothing but the rounding.
+TEMPERATURE_RANGE = (0.05, 100.0)
+
+
+class _DuplicateLayerError(ValueError):
+    """A layer map that names a student layer twice."""
+
+
+def _int_pairs(pairs: list[tuple[Any, Any]], value: Any) -> dict[int, int]:
+    """{student_layer: teacher_layer} from (key, value) pairs; a student layer named twice is an error."""
+    mapping: dict[int, int] = {}
+    for k, v in pairs:
+        s, t = int(k), int(v)
+        if s in mapping:
+            raise _DuplicateLayerError(
+                f"layer_map {value!r} names student layer {s} twice (-> {mapping[s]} and -> {t}): each student "
+                "layer learns from one teacher layer; keep one entry per student layer"
+            )
+        mapping[s] = t
+    return mapping
 
 
 def parse_layer_map(value: Any) -> str | dict[int, int]:
@@ -37,7 +62,9 @@ def parse_layer_map(value: Any) -> str | dict[int, int]:
     """
     if isinstance(value, dict):
         try:
-            return {int(k): int(v) for k, v in value.items()}
+            return _int_pairs(list(value.items()), value)
+        except _DuplicateLayerError:
+            raise
         except (TypeError, ValueError) as err:
             raise ValueError(
                 f"layer_map {value!r} must map integer student layers to integer teacher layers, "
@@ -49,10 +76,14 @@ def parse_layer_map(value: Any) -> str | dict[int, int]:
             return text
         try:
             if text.startswith("{"):
-                return parse_layer_map(json.loads(text))
+                # object_pairs_hook sees every key: '{"1": 2, "1": 1}' is a duplicate, not {1: 1}.
+                pairs = json.loads(text, object_pairs_hook=list)
+                return _int_pairs(pairs, value) if isinstance(pairs, list) else parse_layer_map(pairs)
             if ":" in text:
                 pairs = [p.split(":") for p in text.split(",") if p.strip()]
-                return parse_layer_map({k.strip(): v.strip() for k, v in pairs})
+                return _int_pairs([(k.strip(), v.strip()) for k, v in pairs], value)
+        except _DuplicateLayerError:
+            raise
         except ValueError as err:  # bad JSON, or "1:2:3" (too many values to unpack): say what is expected
             raise ValueError(
                 f"layer_map {value!r} is not understood ({err}): use 'uniform', 'last', or an explicit mapping "
@@ -64,7 +95,7 @@ def parse_layer_map(value: Any) -> str | dict[int, int]:
     )
 
 
-@dataclass
+@dataclass(repr=False)  # the redacting __repr__ below, not the dataclass one that prints hub_token
 class DistillationConfig(TrainingArguments):
     r"""
     Training arguments for [`DistillationTrainer`]: every `TrainingArguments` field, plus these.
@@ -77,7 +108,9 @@ class DistillationConfig(TrainingArguments):
         temperature (`float`, defaults to `2.0`):
             Softmax temperature T applied to both teacher and student logits in the soft-target term. Higher T
             exposes more of the teacher's ranking of wrong classes. The soft term is multiplied by T^2 so its
-            gradient keeps the same scale as T changes.
+            gradient keeps the same scale as T changes. Must lie in [0.05, 100]: below, the softened teacher is
+            one-hot in float32 and the term's gradient is 0 wherever the argmaxes agree; above, the term has
+            reached its high-temperature limit (logit matching) and a higher T only adds rounding.
         alpha (`float`, defaults to `0.5`):
             Weight of the soft-target (KD) term, in [0, 1]; the hard cross-entropy gets `1 - alpha`.
             `alpha=1` ignores labels, `alpha=0` is plain fine-tuning.
@@ -123,8 +156,8 @@ class DistillationConfig(TrainingArguments):
     temperature: float = field(
         default=2.0,
         metadata={
-            "help": "Softmax temperature T for the soft-target term; the term is scaled by T^2 so gradients "
-            "keep their scale as T changes."
+            "help": "Softmax temperature T for the soft-target term, in [0.05, 100]; the term is scaled by T^2 "
+            "so gradients keep their scale as T changes."
         },
     )
     alpha: float = field(
@@ -247,6 +280,9 @@ class DistillationConfig(TrainingArguments):
                     f"temperature_schedule={self.temperature_schedule!r} needs a positive, finite temperature_final, "
                     f"got {self.temperature_final}"
                 )
+        self._check_temperature_range("temperature", self.temperature)
+        if self.temperature_schedule != "constant":
+            self._check_temperature_range("temperature_final", self.temperature_final)
         if self.kd_positions not in KD_POSITIONS:
             raise ValueError(f"kd_positions={self.kd_positions!r} is not one of {list(KD_POSITIONS)}")
         if self.teacher_dtype not in TEACHER_DTYPES:
@@ -267,9 +303,50 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(f"{name}={value} must be a finite number >= 0 (0 turns the term off)")
         self.layer_map = parse_layer_map(self.layer_map)
 
+    @staticmethod
+    def _check_temperature_range(name: str, value: float) -> None:
+        low, high = TEMPERATURE_RANGE
+        if value < low:
+            raise ValueError(
+                f"{name}={value:g} is below {low:g}: softmax(logits / T) is then one-hot in float32 for any logit "
+                f"gap above about {17 * value:.2g}, so the KD term only compares the two argmaxes (its gradient is "
+                "exactly 0 where they agree) and the student learns nothing of the teacher's ranking of the other "
+                f"classes; use a temperature in [{low:g}, {high:g}] (1 to 4 is usual)"
+            )
+        if value > high:
+            raise ValueError(
+                f"{name}={value:g} is above {high:g}: the softened distributions are then uniform to within "
+                "logit / T and T^2 * KL has reached its high-temperature limit (matching the centred logits); a "
+                f"higher T changes nothing but float32 rounding. Use a temperature in [{low:g}, {high:g}]"
+            )
+
     @property
     def uses_intermediate_layers(self) -> bool:
         return self.hidden_weight > 0 or self.attention_weight > 0 or self.embedding_weight > 0
+
+    def __str__(self) -> str:
+        # Every *_token field is shown as <FIELD_NAME>: configs are logged with %s and %r.
+        shown = {
+            f.name: f"<{f.name.upper()}>" if f.name.endswith("_token") else getattr(self, f.name, None)
+            for f in fields(self)
+        }
+        body = "".join(f"{k}={v},\n" for k, v in sorted(shown.items()))
+        return f"{type(self).__name__}(\n{body})"
+
+    __repr__ = __str__
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DistillationConfig:
+        # A copy in memory keeps the tokens (a copied config must still push); __getstate__ below is for pickling,
+        # which deepcopy would otherwise go through.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
+    def __copy__(self) -> DistillationConfig:
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __getstate__(self) -> dict[str, Any]:
         # Trainer pickles its arguments into every checkpoint and output dir (training_args.bin), and

@@ -488,6 +488,11 @@ def make_student(
         if getattr(config, "embedding_size", None) == config.hidden_size:
             student_config.embedding_size = widths[0]
     else:
+        # The same shapes weight selection would build: heads and FFN follow a new hidden size unless given.
+        head_dim = config.hidden_size // config.num_attention_heads
+        if hidden_size is not None and hidden_size % head_dim == 0:
+            resolved = _resolve_widths(config, hidden_size, num_attention_heads, intermediate_size)
+            widths_given = dict(zip(("hidden_size", "num_attention_heads", "intermediate_size"), resolved))
         for name, value in widths_given.items():
             if name == "intermediate_size":
                 _set_intermediate_size(student_config, value)
