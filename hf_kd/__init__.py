@@ -33,6 +33,8 @@ _EXPORTS = {
     "compare_models": "compression",
     "quantize_dynamic_int8": "compression",
     "prune_heads": "pruning",
+    "export_onnx": "export",
+    "quantize_onnx_int8": "export",
     "tune_distillation": "tuning",
     "create_distillation_model_card": "model_card",
     "push_distilled_model": "hub",
