@@ -6,46 +6,88 @@ Three ways in, one path out (`push_distilled_model`):
   projections out of the uploaded checkpoint folder;
 - `hf-kd push OUTPUT_DIR --repo-id NAME` publishes an output directory that was trained earlier.
 
-What is uploaded is an explicit list of files (`files_to_upload`), so `--dry-run` shows exactly what a real push
-sends. Before anything leaves the machine every weight file in that list is opened and refused if it holds
-projection or teacher tensors. A failed request raises `HubPushError` naming the request and the status; the
-local directory is complete (it is written before any network call), so pushing again later is the retry.
+What is uploaded is an allow-list (`files_to_upload`): regular files with the names `save_pretrained`, a tokenizer
+and the card write (`PUBLISHED_FILES`), nothing else. A `.env`, `training_args.bin`, a projections file or a log
+stays local whatever it is called, and a symbolic link in the folder stops the push with an error naming it (its
+content would come from outside the folder). The repository id is checked with `huggingface_hub`'s own validator
+before anything else. `--dry-run` writes nothing and touches no network: it lists what a real push would send.
+The card is written only to regular files (`hf_kd.model_card.write_file_no_follow`), never through a link.
+Before anything leaves the machine every weight file in the list is opened and refused if it holds projection or
+teacher tensors. A failed request raises `HubPushError` naming the request and the status; the local directory
+is complete (it is written before any network call), so pushing again later is the retry.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import MANIFEST_FILE
+from .compression import INT8_META, INT8_WEIGHTS
 from .layer_map import PROJECTIONS_ATTR, PROJECTIONS_FILE
-from .model_card import CARD_FILE, load_card_context, render_card_from_context
+from .model_card import (
+    CARD_CONTEXT_FILE,
+    CARD_FILE,
+    PLOT_FILE,
+    load_card_context,
+    render_card_from_context,
+)
 
 logger = logging.getLogger(__name__)
 
-# Never published: Trainer's own exclusions, training-only projections, anything that is the teacher.
-IGNORE_PATTERNS = (
-    "_*",
-    "checkpoint-*",
-    # The pickled TrainingArguments carry `hub_token` in clear; the card and hf_kd_card.json hold the settings.
-    "training_args.bin",
-    "*/training_args.bin",
-    ".git/*",
-    ".cache/*",
-    f"*{PROJECTIONS_ATTR}*",
-    "teacher/*",
-    "*/teacher/*",
-    "teacher_*",
-    "teacher-*",
-    "*teacher*.safetensors",
-    "*teacher*.bin",
-    "*teacher*.pt",
-    "*teacher*.pth",
+# The allow-list of a push: the student as save_pretrained writes it (model, PEFT adapter, hf-kd int8), the tokenizer
+# or processor saved beside it, and the card. Anything else in the folder stays local: training_args.bin, the
+# projections, a teacher, logs, dotfiles such as .env.
+MODEL_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "adapter_model.bin",
+        INT8_META,
+        INT8_WEIGHTS,
+    }
 )
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "tokenizer.model",
+        "chat_template.jinja",
+        "chat_template.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "video_preprocessor_config.json",
+    }
+)
+CARD_FILES = frozenset({CARD_FILE, PLOT_FILE, CARD_CONTEXT_FILE})
+PUBLISHED_FILES = MODEL_FILES | TOKENIZER_FILES | CARD_FILES
+# Weight shards as save_pretrained names them, and the ONNX exports of `hf-kd export` in their subfolder.
+PUBLISHED_PATTERNS = (
+    re.compile(r"(model|pytorch_model|adapter_model)-\d{5}-of-\d{5}\.(safetensors|bin)"),
+    re.compile(r"onnx/model(_int8)?\.onnx"),
+)
+# A `hub_strategy` checkpoint push adds what resuming from it needs (the projections stay local).
+CHECKPOINT_STATE_FILES = frozenset(
+    {"trainer_state.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", MANIFEST_FILE}
+)
+CHECKPOINT_PATTERNS = (re.compile(r"rng_state_\d+\.pth"),)
 # Tensor name prefixes that mark a weight file as not (only) the student.
 FORBIDDEN_KEY_MARKERS = (f"{PROJECTIONS_ATTR}.", "teacher.", "teacher_model.", "teachers.")
 
@@ -55,31 +97,71 @@ class HubPushError(RuntimeError):
 
 
 class UnsafeUploadError(ValueError):
-    """A file meant for upload holds projection or teacher weights."""
+    """A file meant for upload holds projection or teacher weights, or is a symbolic link."""
+
+
+def is_published(rel: str, checkpoint: bool = False) -> bool:
+    """Whether the relative POSIX path `rel` is on the allow-list of a push (of a checkpoint folder)."""
+    names = PUBLISHED_FILES | CHECKPOINT_STATE_FILES if checkpoint else PUBLISHED_FILES
+    patterns = PUBLISHED_PATTERNS + CHECKPOINT_PATTERNS if checkpoint else PUBLISHED_PATTERNS
+    return rel in names or any(p.fullmatch(rel) for p in patterns)
 
 
 def files_to_upload(
-    output_dir: str | os.PathLike,
-    ignore_patterns: tuple[str, ...] | list[str] = IGNORE_PATTERNS,
-    allow_patterns: list[str] | None = None,
+    output_dir: str | os.PathLike, checkpoint: bool = False, refuse_links: bool = True
 ) -> list[str]:
-    """Paths (relative, POSIX) of the files a push of `output_dir` sends, sorted."""
+    """Paths (relative, POSIX, sorted) of the files a push of `output_dir` sends: the regular files whose names are
+    on the allow-list (`PUBLISHED_FILES`, plus `CHECKPOINT_STATE_FILES` for a checkpoint folder).
+
+    Raises `UnsafeUploadError` naming every symbolic link in the folder (and in its `onnx/` subfolder): a link
+    can point anywhere, so its content is not the folder's to publish; replace it with a copy of the file. With
+    `refuse_links=False` (pushes during training, which must not stop the run) links are logged and left out.
+    """
     root = Path(output_dir)
     if not root.is_dir():
         raise FileNotFoundError(
             f"output directory {str(root)!r} does not exist: train and save the student first"
         )
-    files = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file():
+    files, links = [], []
+    for folder in (root, root / "onnx"):
+        if folder is not root and (folder.is_symlink() or not folder.is_dir()):
+            if folder.is_symlink():
+                links.append(folder.relative_to(root).as_posix())
             continue
-        rel = path.relative_to(root).as_posix()
-        if any(fnmatch.fnmatch(rel, p) for p in ignore_patterns):
-            continue
-        if allow_patterns is not None and not any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
-            continue
-        files.append(rel)
-    return files
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            rel = Path(entry.path).relative_to(root).as_posix()
+            if entry.is_symlink():
+                links.append(rel)
+            elif (
+                entry.is_file(follow_symlinks=False)
+                and not entry.name.startswith(".")
+                and is_published(rel, checkpoint)
+            ):
+                files.append(rel)
+    if links:
+        message = (
+            f"{root} holds symbolic links: {', '.join(links)}. A link's content can come from outside the folder, "
+            "so it is not published: replace each link with a copy of the file it points to, or remove it"
+        )
+        if refuse_links:
+            raise UnsafeUploadError(message.replace("so it is not published", "so nothing is published"))
+        logger.error("%s.", message)
+    return sorted(files)
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """`repo_id` if `huggingface_hub` accepts it ('name' or 'namespace/name'), else a ValueError naming it."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate
+
+    try:
+        hub_validate(repo_id)
+    except HFValidationError as err:
+        raise ValueError(
+            f"repo id {repo_id!r} is not a Hub repository id ({err}): use 'name' or 'namespace/name' with letters, "
+            "digits, '-', '_' and '.', for example 'my-user/my-student'"
+        ) from None
+    return repo_id
 
 
 def check_publishable(output_dir: str | os.PathLike, files: list[str]) -> None:
@@ -147,13 +229,13 @@ def _api() -> Any:
     return hf_api()
 
 
-def prepare_card(output_dir: str, repo_id: str | None) -> bool:
+def prepare_card(output_dir: str, repo_id: str | None, dry_run: bool = False) -> bool:
     """Render the card again from `hf_kd_card.json` (so its usage snippet names `repo_id`); True if a card is
-    present afterwards."""
+    present afterwards. With `dry_run`, nothing is written: True if a card would be."""
     context = load_card_context(output_dir)
-    if context is not None:
+    if context is not None and not dry_run:
         render_card_from_context(context, output_dir, repo_id=repo_id)
-    return os.path.isfile(os.path.join(output_dir, CARD_FILE))
+    return context is not None or os.path.isfile(os.path.join(output_dir, CARD_FILE))
 
 
 def push_distilled_model(
@@ -172,12 +254,14 @@ def push_distilled_model(
     """Publish the student saved in `output_dir` to `repo_id`, with its distillation card and loss plot.
 
     Returns the `CommitInfo` (a `Future` when `blocking=False`), or with `dry_run=True` the list of files that
-    would be uploaded (the card is still written; nothing touches the network). Projection and teacher files
-    are never uploaded (see `IGNORE_PATTERNS`); weight files holding such tensors stop the push.
+    would be uploaded (nothing is written and nothing touches the network). Only the allow-list of
+    `files_to_upload` is uploaded; weight files holding projection or teacher tensors stop the push.
     """
     output_dir = str(output_dir)
+    validate_repo_id(repo_id)
+    files_to_upload(output_dir)  # symbolic links stop the push before the card is written
     if refresh_card:
-        has_card = prepare_card(output_dir, repo_id)
+        has_card = prepare_card(output_dir, repo_id, dry_run=dry_run)
     else:
         has_card = os.path.isfile(os.path.join(output_dir, CARD_FILE))
     if not has_card:
@@ -188,9 +272,13 @@ def push_distilled_model(
             CARD_FILE,
         )
     files = files_to_upload(output_dir)
+    if dry_run and refresh_card and has_card:
+        # What the render would add (README.md, and the plot when the context holds curves).
+        context = load_card_context(output_dir) or {}
+        files = sorted(set(files) | {CARD_FILE} | ({PLOT_FILE} if context.get("curves") else set()))
     if not files:
         raise FileNotFoundError(f"nothing to publish in {output_dir}: save the student there first")
-    check_publishable(output_dir, files)
+    check_publishable(output_dir, [f for f in files if os.path.isfile(os.path.join(output_dir, f))])
     if dry_run:
         return files
 
@@ -234,6 +322,8 @@ def push_trainer_to_hub(
     """`DistillationTrainer.push_to_hub`: Trainer's sequence (repo, save, card, upload) with the distillation
     card and the student-only upload of `push_distilled_model`."""
     args = trainer.args
+    if args.hub_model_id is not None:
+        validate_repo_id(args.hub_model_id)
     trainer.callback_handler.on_push_begin(args, trainer.state, trainer.control)
     token = token if token is not None else args.hub_token
     if card_kwargs.get("model_name") is None and args.should_save:
@@ -269,27 +359,26 @@ def push_trainer_to_hub(
 
 def push_checkpoint(trainer: Any, checkpoint_folder: str, trainer_push: Any) -> None:
     """`hub_strategy` pushes during training. Trainer pushes the student files of the output directory itself
-    (`trainer_push`); for the `checkpoint` and `all_checkpoints` strategies the checkpoint folder is pushed here,
-    without the projections file (a run resumed from it restarts the projections from their initial values)."""
+    (`trainer_push`), held to the allow-list of `files_to_upload`; for the `checkpoint` and `all_checkpoints`
+    strategies the checkpoint folder is pushed here, without the projections file (a run resumed from it
+    restarts the projections from their initial values)."""
     from transformers.trainer_utils import HubStrategy
 
     args = trainer.args
     strategy = args.hub_strategy
     if strategy not in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
-        trainer_push(checkpoint_folder)
+        _allow_listed_trainer_push(trainer_push, checkpoint_folder)
         return
     busy = trainer.push_in_progress is not None and not trainer.push_in_progress.is_done()
     if not trainer.is_world_process_zero() or (busy and not args.hub_always_push):
         return
     args.hub_strategy = HubStrategy.EVERY_SAVE  # Trainer pushes the output directory alone
     try:
-        trainer_push(checkpoint_folder)
+        _allow_listed_trainer_push(trainer_push, checkpoint_folder)
     finally:
         args.hub_strategy = strategy
     path_in_repo = "last-checkpoint" if strategy == HubStrategy.CHECKPOINT else Path(checkpoint_folder).name
-    files = files_to_upload(
-        checkpoint_folder, ignore_patterns=[p for p in IGNORE_PATTERNS if p != "checkpoint-*"]
-    )
+    files = files_to_upload(checkpoint_folder, checkpoint=True, refuse_links=False)
     check_publishable(checkpoint_folder, files)
     step = f"step {trainer.state.global_step}"
     job = _api().upload_folder(
@@ -305,6 +394,36 @@ def push_checkpoint(trainer: Any, checkpoint_folder: str, trainer_push: Any) -> 
     trainer.push_in_progress.jobs.append(job)
 
 
+class _AllowListedApi:
+    """Transformers' Hub client with `upload_folder` held to the allow-list of `files_to_upload`."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def upload_folder(self, *, folder_path: str, **kwargs: Any) -> Any:
+        kwargs.pop("ignore_patterns", None)
+        kwargs.pop("allow_patterns", None)
+        files = files_to_upload(folder_path, refuse_links=False)
+        check_publishable(folder_path, files)
+        return self._api.upload_folder(folder_path=folder_path, allow_patterns=files, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+
+def _allow_listed_trainer_push(trainer_push: Any, checkpoint_folder: str) -> None:
+    """Trainer's own push of the output directory (its deny-list would send a .env or a linked file), with the
+    upload restricted to the allow-list."""
+    import transformers.trainer as trainer_module
+
+    original = trainer_module.hf_api
+    trainer_module.hf_api = lambda: _AllowListedApi(original())
+    try:
+        trainer_push(checkpoint_folder)
+    finally:
+        trainer_module.hf_api = original
+
+
 # ---- command line: hf-kd push -----------------------------------------------------------------------------
 
 
@@ -317,7 +436,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="Write the card and list the files that would be uploaded; no network.",
+        help="List the files that would be uploaded; writes nothing and uses no network.",
     )
     parser.add_argument(
         "--private",
@@ -347,7 +466,7 @@ def run_push_command(args: argparse.Namespace) -> int:
             commit_message=args.commit_message,
             dry_run=args.dry_run,
         )
-    except (HubPushError, UnsafeUploadError, FileNotFoundError) as err:
+    except (HubPushError, ValueError, FileNotFoundError) as err:  # ValueError: unsafe files, a bad repo id
         print(f"hf-kd push: {err}")
         return 1
     if args.dry_run:

@@ -12,6 +12,8 @@ card of an output directory without the trainer.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import math
@@ -153,6 +155,32 @@ def loss_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, dict[str, li
     return curves
 
 
+class LinkedFileError(ValueError):
+    """A file the card would be written to is a symbolic link."""
+
+
+def write_file_no_follow(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` as a regular file, never through a symbolic link (a link named README.md in an output
+    folder could point at any file of the user's); a link there raises `LinkedFileError` naming it."""
+    path = os.fspath(path)
+    if os.path.islink(path):
+        raise LinkedFileError(
+            f"{path} is a symbolic link: the card is never written through a link (it could overwrite the file it "
+            "points to); remove the link, or replace it with a copy of the file"
+        )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a link appeared after the check above
+            raise LinkedFileError(
+                f"{path} is a symbolic link: the card is never written through a link"
+            ) from None
+        raise
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def plot_loss_curves(curves: dict[str, dict[str, dict[str, list[float]]]], path: str | os.PathLike) -> bool:
     """Draw each loss component against the step (training, and evaluation when logged) into a PNG.
 
@@ -186,7 +214,9 @@ def plot_loss_curves(curves: dict[str, dict[str, dict[str, list[float]]]], path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_file_no_follow(path, buffer.getvalue())
     return True
 
 
@@ -621,9 +651,12 @@ def render_card_from_context(
         auto_class=context.get("auto_class", "AutoModel"),
         versions=context.get("versions", {}),
     )
-    card.save(os.path.join(output_dir, CARD_FILE))
-    with open(os.path.join(output_dir, CARD_CONTEXT_FILE), "w", encoding="utf-8") as f:
-        json.dump(context, f, indent=2, default=str)
+    os.makedirs(output_dir, exist_ok=True)
+    write_file_no_follow(os.path.join(output_dir, CARD_FILE), str(card).encode("utf-8"))
+    write_file_no_follow(
+        os.path.join(output_dir, CARD_CONTEXT_FILE),
+        json.dumps(context, indent=2, default=str).encode("utf-8"),
+    )
     if context.get("deployment_table"):  # written by hf-kd export; a re-rendered card keeps it
         _write_deployment_section(os.path.join(output_dir, CARD_FILE), context["deployment_table"])
     return card
@@ -652,8 +685,7 @@ def _write_deployment_section(card_path: str, table: str) -> None:
         text = before + section + after
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    with open(card_path, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_file_no_follow(card_path, text.encode("utf-8"))
 
 
 def add_deployment_section(output_dir: str | os.PathLike, deployment: dict[str, Any], table: str) -> str:
@@ -666,8 +698,7 @@ def add_deployment_section(output_dir: str | os.PathLike, deployment: dict[str, 
         with open(context_path, encoding="utf-8") as f:
             context = json.load(f)
         context["deployment"], context["deployment_table"] = deployment, table
-        with open(context_path, "w", encoding="utf-8") as f:
-            json.dump(context, f, indent=2, default=str)
+        write_file_no_follow(context_path, json.dumps(context, indent=2, default=str).encode("utf-8"))
     card_path = os.path.join(output_dir, CARD_FILE)
     _write_deployment_section(card_path, table)
     return card_path

@@ -197,13 +197,13 @@ def test_cli_dry_run_lists_files_without_network_then_push_sends_exactly_them(
         f.write(b"not published")
     server = HubServer()
     with server, hub_endpoint(monkeypatch, server):
+        before = snapshot(out)
         assert run_push_command(_push_args(out, "hf-kd-tests/cli-student", "--dry-run")) == 0
         listed = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
         assert server.requests == []
         assert "README.md" in listed and "model.safetensors" in listed
         assert not [n for n in listed if "projections" in n or n.startswith("checkpoint-")]
-        with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
-            assert 'from_pretrained("hf-kd-tests/cli-student")' in f.read()  # card re-rendered for this repo
+        assert snapshot(out) == before  # a dry run writes nothing, not even the card
 
         # The console script reaches the same command.
         assert main(["push", out, "--repo-id", "hf-kd-tests/cli-student", "--dry-run"]) == 0
@@ -214,6 +214,8 @@ def test_cli_dry_run_lists_files_without_network_then_push_sends_exactly_them(
         # --revision commits to a branch, created from main when it does not exist yet.
         assert run_push_command(_push_args(out, "hf-kd-tests/cli-student", "--revision", "dev")) == 0
     assert sorted(server.files("hf-kd-tests/cli-student")) == sorted(listed)
+    card = server.files("hf-kd-tests/cli-student")["README.md"].decode()
+    assert 'from_pretrained("hf-kd-tests/cli-student")' in card  # the real push re-rendered it for this repo
     assert sorted(server.files("hf-kd-tests/cli-student", "dev")) == sorted(listed)
     assert [c.revision for c in server.repos["hf-kd-tests/cli-student"].commits] == ["main", "dev"]
     assert server.repos["hf-kd-tests/cli-student"].private
