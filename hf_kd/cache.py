@@ -155,118 +155,123 @@ def _rows(values: torch.Tensor, mask: torch.Tensor | None) -> list[list]:
     return [v[m].tolist() for v, m in zip(values, mask)]
 
 
-def cache_teacher_outputs(
-    teacher: nn.Module,
-    dataset: Any,
-    batch_size: int = 32,
-    collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
-    top_k: int | None = None,
-    temperature: float | None = None,
-    device: str | torch.device | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    tokenizer: Any = None,
-    desc: str = "Caching teacher outputs",
-) -> Any:
-    """Run `teacher` once over `dataset` and return the dataset with the teacher's outputs as columns.
+class TeacherCacheError(OSError):
+    """A teacher cache on disk that cannot be read, or whose columns no longer match their content hash."""
 
-    Args:
-        teacher: a trained model with a sequence-classification, token-classification, QA, masked-LM or
-            causal-LM head.
-        dataset: a tokenized `datasets.Dataset` (input_ids, attention_mask, ...). Any teacher columns it already
-            has are replaced.
-        batch_size: examples per teacher forward.
-        collator: builds a batch from a list of examples; default: `DataCollatorWithPadding(tokenizer)` when a
-            tokenizer is given, else `transformers.default_data_collator` (equal-length examples).
-        top_k: store only the top-k log-probabilities at `temperature` and their indices (masked / causal LM
-            with large vocabularies); `temperature` is then required and must be the run's temperature.
-        temperature: the softmax temperature of the top-k log-probabilities (recorded in the metadata).
-        device: where the teacher runs; default the teacher's device if it is on an accelerator, else CUDA when
-            available, else CPU. The teacher is put back where it was, in the mode it was in.
-        cache_dir: if given, the result is saved there (`save_to_disk`) under a name derived from the cache key,
-            and loaded from there (`load_from_disk`) by a later call with the same key.
-        tokenizer: the tokenizer that made `dataset` (part of the cache key; also the default collator's).
-        desc: progress-bar label.
 
-    Returns:
-        The dataset with the teacher columns added and the cache metadata in `dataset.info.description`
-        (`read_cache_metadata`). A `DatasetDict` gives a `DatasetDict`, each split cached (and keyed) on its own.
+ON_CORRUPT = ("rebuild", "raise")
+TOPK_DTYPES = ("float16", "float32")
 
-    The collator and batch size are not part of the key: they change only padding, and a cache whose rows do not
-    match the training batches' real tokens is refused by `TeacherCacheCollator`.
+
+def _arrow_table(dataset: Any) -> Any:
+    """The rows a dataset shows as one pyarrow Table (a select/shuffle view is flattened first)."""
+    if getattr(dataset, "_indices", None) is not None:
+        dataset = dataset.flatten_indices()
+    return dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+
+
+def content_hash(dataset: Any) -> str:
+    """A hash of the teacher columns' values and list lengths, independent of how the rows are split into Arrow
+    chunks or files (so a cache built by several processes and read back as one dataset hashes the same way).
+
+    It reads every teacher value once, memory-mapped when the dataset is on disk: a truncated Arrow file raises
+    here (OSError), and values garbled in a still valid format give another hash.
     """
-    from datasets import Dataset, DatasetDict, List, Value, load_from_disk
-    from tqdm.auto import tqdm
-    from transformers import DataCollatorWithPadding, default_data_collator
+    import pyarrow as pa
 
-    if isinstance(dataset, DatasetDict):
-        return DatasetDict(
-            {
-                split: cache_teacher_outputs(
-                    teacher,
-                    part,
-                    batch_size,
-                    collator,
-                    top_k,
-                    temperature,
-                    device,
-                    cache_dir,
-                    tokenizer,
-                    f"{desc} ({split})",
-                )  # fmt: skip
-                for split, part in dataset.items()
-            }
-        )
-    if not isinstance(dataset, Dataset):
-        raise TypeError(
-            f"cache_teacher_outputs needs a map-style datasets.Dataset (or DatasetDict), got {type(dataset).__name__}: "
-            "an IterableDataset is read once and has no fingerprint to key a cache on; materialise it with "
-            "Dataset.from_generator first"
-        )
+    table = _arrow_table(dataset)
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(c for c in TEACHER_COLUMNS if c in table.column_names):
+        streams: list[Any] = []  # one digest per nesting level, fed across chunks in row order
+        for chunk in table.column(name).chunks:
+            array, level = chunk, 0
+            while pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+                if len(streams) <= level:
+                    streams.append(hashlib.blake2b(digest_size=16))
+                lengths = array.value_lengths().fill_null(-1).to_numpy(zero_copy_only=False).astype("<i8")
+                streams[level].update(lengths.tobytes())
+                array, level = array.flatten(), level + 1
+            if len(streams) <= level:
+                streams.append(hashlib.blake2b(digest_size=16))
+            streams[level].update(array.to_numpy(zero_copy_only=False).tobytes())
+        digest.update(name.encode())
+        for stream in streams:
+            digest.update(stream.digest())
+    return digest.hexdigest()
 
-    if top_k is not None:
-        if int(top_k) < 1:
-            raise ValueError(f"top_k={top_k} must be a positive number of classes to keep, or None for all")
-        if temperature is None or temperature <= 0:
-            raise ValueError(
-                f"top_k={top_k} stores log_softmax(logits / temperature), which holds at one temperature only: "
-                f"pass temperature=<the run's DistillationConfig.temperature> (got {temperature})"
-            )
-        top_k = int(top_k)
-    task = infer_task(teacher)
-    meta: dict[str, Any] = {
-        "format": CACHE_FORMAT,
-        "teacher_fingerprint": teacher_fingerprint(teacher),
-        "teacher_name": _model_name(teacher),
-        "teacher_revision": getattr(getattr(teacher, "config", None), "_commit_hash", None),
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-        "top_k": top_k,
-        "temperature": float(temperature) if temperature is not None else None,
-    }
-    key = _cache_key(meta)
-    path = os.path.join(os.fspath(cache_dir), f"teacher-outputs-{key}") if cache_dir is not None else None
-    if path is not None and os.path.isdir(path):
+
+def bytes_per_example(dataset: Any) -> float:
+    """Bytes the teacher columns take per example in Arrow (values, list offsets and validity buffers)."""
+    table = _arrow_table(dataset)
+    names = [c for c in TEACHER_COLUMNS if c in table.column_names]
+    return table.select(names).nbytes / max(1, table.num_rows)
+
+
+def _process_layout(device: str | torch.device | None) -> tuple[int, int, torch.device | None]:
+    """(rank, world size, device) of this process. Under torchrun / accelerate launch the process group is set
+    up through Accelerate's `PartialState` (gloo on CPU, NCCL on GPUs), as the Trainer would."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1, torch.device(device) if device is not None else None
+    from accelerate import PartialState
+
+    # Without a GPU, Accelerate only forms a multi-process group over gloo when told the run is on CPU (as the
+    # Trainer does for use_cpu=True); otherwise it sees 1 process.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return (
+        state.process_index,
+        state.num_processes,
+        torch.device(device) if device is not None else state.device,
+    )
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _load_verified(path: str, key: str) -> tuple[Any | None, str | None]:
+    """(the cache at `path`, None) when it reads back whole with the expected key and content hash, else
+    (None, why not)."""
+    from datasets import load_from_disk
+
+    try:
         loaded = load_from_disk(path)
         found = read_cache_metadata(loaded)
-        if found is not None and found.get("cache_key") == key:
-            logger.info("Reusing cached teacher outputs from %s (cache key %s).", path, key)
-            return loaded
-        logger.warning("%s holds no teacher cache with key %s: recomputing it.", path, key)
+        if found is None or found.get("cache_key") != key:
+            return None, f"it holds no teacher cache with key {key}"
+        stored = found.get("content_hash")
+        actual = content_hash(loaded)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # truncated Arrow file, broken JSON, ...
+        return None, f"it cannot be read ({type(err).__name__}: {err})"
+    if stored is not None and stored != actual:
+        return None, f"its teacher columns hash to {actual}, not to the {stored} recorded when it was built"
+    return loaded, None
 
-    columns = list(dataset.column_names)
-    inputs_view = dataset.select_columns(_teacher_input_columns(teacher, columns))
-    if collator is None:
-        collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
-    device = torch.device(device) if device is not None else _default_device(teacher)
+
+def _build_columns(
+    teacher: nn.Module,
+    inputs_view: Any,
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    batch_size: int,
+    device: torch.device,
+    top_k: int | None,
+    temperature: float | None,
+    task: str,
+    desc: str,
+) -> tuple[dict[str, list], str, int | None]:
+    """Run the teacher over every row of `inputs_view`; returns (column name -> per-example values, task,
+    number of classes)."""
+    from tqdm.auto import tqdm
+
     first_param = next(teacher.parameters(), None)
     home = first_param.device if first_param is not None else device
     was_training = teacher.training
     teacher.eval().to(device)
-
     stored: dict[str, list] = {}
     num_classes = None
     try:
-        n = len(dataset)
+        n = len(inputs_view)
         with torch.no_grad():
             for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
                 rows = inputs_view[start : start + batch_size]  # dict of column -> list
@@ -321,24 +326,269 @@ def cache_teacher_outputs(
     finally:
         teacher.train(was_training)
         teacher.to(home)
+    return stored, task, num_classes
 
-    token_level = task in ("token", "mlm", "causal", "qa") or (
-        TEACHER_LOGITS in stored and stored[TEACHER_LOGITS] and isinstance(stored[TEACHER_LOGITS][0][0], list)
-    )
-    result = dataset.remove_columns([c for c in TEACHER_COLUMNS if c in columns])
+
+def _with_columns(
+    base: Any, stored: dict[str, list], token_level: bool, topk_dtype: str, fingerprint: dict[str, Any]
+) -> Any:
+    """`base` with the teacher columns added (float32 logits; top-k log-probabilities in `topk_dtype`)."""
+    from datasets import List, Value
+
+    result = base
     for name, column in stored.items():
-        scalar = Value("int64") if name == TEACHER_TOPK_INDICES else Value("float32")
+        if name == TEACHER_TOPK_INDICES:
+            scalar = Value("int64")
+        elif name == TEACHER_TOPK_LOG_PROBS:
+            scalar = Value(topk_dtype)
+        else:
+            scalar = Value("float32")
         nested = name not in _TOKEN_ALIGNED_1D and token_level
         feature = List(List(scalar)) if nested else List(scalar)
         result = result.add_column(
-            name, column, feature=feature, new_fingerprint=_cache_key({**meta, "col": name})
+            name, column, feature=feature, new_fingerprint=_cache_key({**fingerprint, "col": name})
         )
-    meta.update(cache_key=key, task=task, num_classes=num_classes, token_level=token_level)
-    _write_metadata(result, meta)
-    if path is not None:
-        result.save_to_disk(path)
-        logger.info("Saved teacher outputs to %s (cache key %s).", path, key)
     return result
+
+
+def _is_token_level(task: str, stored: dict[str, list]) -> bool:
+    return task in ("token", "mlm", "causal", "qa") or bool(
+        TEACHER_LOGITS in stored and stored[TEACHER_LOGITS] and isinstance(stored[TEACHER_LOGITS][0][0], list)
+    )
+
+
+def _join_shards(parts: list[str], path: str, meta: dict[str, Any]) -> None:
+    """Rank 0: join the processes' shard folders (each a `save_to_disk` of one Arrow file) into one dataset at
+    `path` without copying rows: each shard's Arrow file moves in as `data-<r>-of-<W>.arrow`, in rank order, and
+    `state.json` lists them; the join then reads back memory-mapped."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    staging = f"{path}.joining"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    files = []
+    for r, part in enumerate(parts):
+        with open(os.path.join(part, "state.json")) as f:
+            (only,) = json.load(f)["_data_files"]  # one Arrow file per process
+        name = f"data-{r:05d}-of-{len(parts):05d}.arrow"
+        os.replace(os.path.join(part, only["filename"]), os.path.join(staging, name))
+        files.append({"filename": name})
+    shutil.copy(os.path.join(parts[0], "dataset_info.json"), os.path.join(staging, "dataset_info.json"))
+    state = {
+        "_data_files": files,
+        "_fingerprint": meta["cache_key"][:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    with open(os.path.join(staging, "state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    joined = load_from_disk(staging)
+    meta["content_hash"] = content_hash(joined)
+    meta["bytes_per_example"] = bytes_per_example(joined)
+    _write_metadata(joined, meta)
+    joined.info.write_to_directory(staging)  # dataset_info.json now carries the metadata
+    del joined
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(staging, path)
+
+
+def cache_teacher_outputs(
+    teacher: nn.Module,
+    dataset: Any,
+    batch_size: int = 32,
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    top_k: int | None = None,
+    temperature: float | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    tokenizer: Any = None,
+    desc: str = "Caching teacher outputs",
+    topk_dtype: str = "float16",
+    on_corrupt: str = "rebuild",
+) -> Any:
+    """Run `teacher` once over `dataset` and return the dataset with the teacher's outputs as columns.
+
+    Args:
+        teacher: a trained model with a sequence-classification, token-classification, QA, masked-LM or
+            causal-LM head.
+        dataset: a tokenized `datasets.Dataset` (input_ids, attention_mask, ...). Any teacher columns it already
+            has are replaced.
+        batch_size: examples per teacher forward.
+        collator: builds a batch from a list of examples; default: `DataCollatorWithPadding(tokenizer)` when a
+            tokenizer is given, else `transformers.default_data_collator` (equal-length examples).
+        top_k: store only the top-k log-probabilities at `temperature` and their indices (masked / causal LM
+            with large vocabularies); `temperature` is then required and must be the run's temperature. The
+            mass outside the top k is not stored: it is 1 minus the top k's, and the KD term keeps it as one
+            bucket.
+        temperature: the softmax temperature of the top-k log-probabilities (recorded in the metadata).
+        device: where the teacher runs; default the teacher's device if it is on an accelerator, else CUDA when
+            available, else CPU (under torchrun / accelerate launch: this process's device). The teacher is put
+            back where it was, in the mode it was in.
+        cache_dir: if given, the result is saved there under a name derived from the cache key, and loaded from
+            there, memory-mapped, by a later call with the same key. Required with several processes.
+        tokenizer: the tokenizer that made `dataset` (part of the cache key; also the default collator's).
+        desc: progress-bar label.
+        topk_dtype: storage of the top-k log-probabilities: `float16` (default; half the bytes, about 3
+            significant digits, which is below the noise of a KD target) or `float32`.
+        on_corrupt: what to do when the cache in `cache_dir` cannot be read (for example a truncated Arrow
+            file) or its teacher columns no longer match their content hash: `rebuild` (default; log a warning
+            naming the path, recompute and overwrite it) or `raise` (`TeacherCacheError`, naming the path).
+
+    Returns:
+        The dataset with the teacher columns added and the cache metadata in `dataset.info.description`
+        (`read_cache_metadata`: the key and its parts, `content_hash`, `bytes_per_example`). A `DatasetDict`
+        gives a `DatasetDict`, each split cached (and keyed) on its own.
+
+    Several processes (torchrun, accelerate launch): each process runs the teacher on its contiguous slice of
+    the dataset and writes it as one Arrow file; rank 0 joins the files, in rank order, into one dataset at the
+    same path and with the same cache key as a 1-process build, records the content hash, and every process
+    then reads it back memory-mapped. Call it from every process.
+
+    The collator and batch size are not part of the key: they change only padding, and a cache whose rows do not
+    match the training batches' real tokens is refused by `TeacherCacheCollator`.
+    """
+    from datasets import Dataset, DatasetDict, load_from_disk
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict(
+            {
+                split: cache_teacher_outputs(
+                    teacher,
+                    part,
+                    batch_size,
+                    collator,
+                    top_k,
+                    temperature,
+                    device,
+                    cache_dir,
+                    tokenizer,
+                    f"{desc} ({split})",
+                    topk_dtype,
+                    on_corrupt,
+                )  # fmt: skip
+                for split, part in dataset.items()
+            }
+        )
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"cache_teacher_outputs needs a map-style datasets.Dataset (or DatasetDict), got {type(dataset).__name__}: "
+            "an IterableDataset is read once and has no fingerprint to key a cache on; materialise it with "
+            "Dataset.from_generator first"
+        )
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt={on_corrupt!r} is not one of {list(ON_CORRUPT)}")
+    if topk_dtype not in TOPK_DTYPES:
+        raise ValueError(f"topk_dtype={topk_dtype!r} is not one of {list(TOPK_DTYPES)}")
+
+    if top_k is not None:
+        if int(top_k) < 1:
+            raise ValueError(f"top_k={top_k} must be a positive number of classes to keep, or None for all")
+        if temperature is None or temperature <= 0:
+            raise ValueError(
+                f"top_k={top_k} stores log_softmax(logits / temperature), which holds at one temperature only: "
+                f"pass temperature=<the run's DistillationConfig.temperature> (got {temperature})"
+            )
+        top_k = int(top_k)
+    task = infer_task(teacher)
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "teacher_fingerprint": teacher_fingerprint(teacher),
+        "teacher_name": _model_name(teacher),
+        "teacher_revision": getattr(getattr(teacher, "config", None), "_commit_hash", None),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+        "top_k": top_k,
+        "temperature": float(temperature) if temperature is not None else None,
+    }
+    if top_k is not None:
+        meta["topk_dtype"] = (
+            topk_dtype  # in the key only for top-k caches, so full-logit keys stay as they were
+        )
+    key = _cache_key(meta)
+    rank, world, device = _process_layout(device)
+    if world > 1 and cache_dir is None:
+        raise ValueError(
+            f"cache_teacher_outputs runs in {world} processes, which write their shards to disk and read the joined "
+            "cache back: pass cache_dir=<a folder every process can read>"
+        )
+    path = os.path.join(os.fspath(cache_dir), f"teacher-outputs-{key}") if cache_dir is not None else None
+
+    if path is not None:
+        # Rank 0 checks the cache and tells the others, so that every process reuses, raises or rebuilds alike.
+        verdict: list[Any] = [("build", None)]
+        if rank == 0 and os.path.isdir(path):
+            loaded, problem = _load_verified(path, key)
+            verdict = [("reuse", None) if loaded is not None else ("bad", problem)]
+            del loaded
+        if world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(verdict, from_process=0)
+        action, problem = verdict[0]
+        if action == "reuse":
+            logger.info("Reusing cached teacher outputs from %s (cache key %s).", path, key)
+            return load_from_disk(path)
+        if action == "bad" and on_corrupt == "raise":
+            raise TeacherCacheError(
+                f"the teacher cache at {path} is unusable: {problem}. Delete that folder, or call "
+                "cache_teacher_outputs with on_corrupt='rebuild' to recompute it"
+            )
+        if action == "bad" and rank == 0:
+            logger.warning("The teacher cache at %s is unusable: %s. Rebuilding it.", path, problem)
+
+    columns = list(dataset.column_names)
+    inputs_view = dataset.select_columns(_teacher_input_columns(teacher, columns))
+    if collator is None:
+        collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
+    device = device if device is not None else _default_device(teacher)
+    base = dataset.remove_columns([c for c in TEACHER_COLUMNS if c in columns])
+    n = len(dataset)
+    if n < world:
+        raise ValueError(
+            f"the dataset has {n} examples for {world} processes, so some would write empty shards: build the "
+            "cache in fewer processes (or in one)"
+        )
+    lo, hi = n * rank // world, n * (rank + 1) // world  # contiguous, so rank order is row order
+    if world > 1:
+        inputs_view, base = inputs_view.select(range(lo, hi)), base.select(range(lo, hi))
+        desc = f"{desc} (process {rank}: rows {lo}-{hi})"
+    stored, task, num_classes = _build_columns(
+        teacher, inputs_view, collator, batch_size, device, top_k, temperature, task, desc
+    )
+    token_level = _is_token_level(task, stored)
+    meta.update(cache_key=key, task=task, num_classes=num_classes, token_level=token_level)
+    part = _with_columns(base, stored, token_level, topk_dtype, meta)
+
+    if path is None:
+        meta.update(content_hash=content_hash(part), bytes_per_example=bytes_per_example(part))
+        _write_metadata(part, meta)
+        logger.info("Teacher outputs: %.1f bytes per example.", meta["bytes_per_example"])
+        return part
+
+    parts_dir = f"{path}.parts"
+    mine = os.path.join(parts_dir, f"process-{rank:05d}-of-{world:05d}")
+    _write_metadata(part, meta)
+    part.save_to_disk(mine, num_shards=1)
+    del part
+    _barrier(world)
+    if rank == 0:
+        import shutil
+
+        parts = [os.path.join(parts_dir, f"process-{r:05d}-of-{world:05d}") for r in range(world)]
+        _join_shards(parts, path, meta)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        logger.info(
+            "Saved teacher outputs to %s (cache key %s): %d shard(s), %.1f bytes per example.",
+            path, key, world, meta["bytes_per_example"],
+        )  # fmt: skip
+    _barrier(world)
+    return load_from_disk(path)
 
 
 # ---- checks against the student and the run -------------------------------------------------------------

@@ -131,7 +131,8 @@ def test_cached_run_equals_live_run_qa_and_topk_masked_lm(tmp_out, head):
         "mlm_topk_all": ("BertForMaskedLM", mlm_dataset(), {}),
     }[head]
     teacher = tiny_model(cls, num_layers=2, seed=1, **kw)
-    topk = {"top_k": VOCAB, "temperature": 2.0} if head == "mlm_topk_all" else {}
+    # float32 storage: this test is about exact equality with the live teacher (float16 is tested on its own).
+    topk = {"top_k": VOCAB, "temperature": 2.0, "topk_dtype": "float32"} if head == "mlm_topk_all" else {}
     cached_data = cache_teacher_outputs(teacher, data, batch_size=3, **topk)
     runs = []
     for train, teacher_model in ((data, teacher), (cached_data, None)):
@@ -232,7 +233,7 @@ def test_metadata_survives_disk_round_trip_and_dataset_operations(tmp_path):
 def test_topk_cache_holds_sorted_tempered_log_probs():
     teacher = tiny_model(num_layers=2, seed=1, num_labels=5)
     data = tiny_classification_dataset(n=6, num_labels=5)
-    cached = cache_teacher_outputs(teacher, data, top_k=2, temperature=2.0)
+    cached = cache_teacher_outputs(teacher, data, top_k=2, temperature=2.0, topk_dtype="float32")
     with torch.no_grad():
         logits = teacher(
             input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])
@@ -249,7 +250,7 @@ def test_topk_with_all_classes_equals_full_kd_loss(tmp_out):
     teacher = tiny_model(num_layers=2, seed=1)
     data = tiny_classification_dataset(n=8)
     T = 2.0
-    topk = cache_teacher_outputs(teacher, data, top_k=3, temperature=T)
+    topk = cache_teacher_outputs(teacher, data, top_k=3, temperature=T, topk_dtype="float32")
     student_logits = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         teacher_logits = teacher(
@@ -342,3 +343,163 @@ def test_dataset_dict_caches_each_split_and_iterable_is_refused():
         torch.testing.assert_close(torch.tensor(cached[name]["teacher_logits"]), expected)
     with pytest.raises(TypeError, match="map-style datasets.Dataset"):
         cache_teacher_outputs(teacher, splits["train"].to_iterable_dataset())
+
+
+# ---- storage, integrity and several processes -------------------------------------------------------------
+
+
+def test_topk_float16_storage_rounds_only_and_saves_two_bytes_per_value():
+    teacher = tiny_model(num_layers=2, seed=1, num_labels=5)
+    data = tiny_classification_dataset(n=6, num_labels=5)
+    half = cache_teacher_outputs(teacher, data, top_k=2, temperature=2.0)  # float16 is the default
+    full = cache_teacher_outputs(teacher, data, top_k=2, temperature=2.0, topk_dtype="float32")
+    assert half.features["teacher_topk_log_probs"].feature.dtype == "float16"
+    want = torch.tensor(full["teacher_topk_log_probs"])
+    torch.testing.assert_close(
+        torch.tensor(half["teacher_topk_log_probs"]), want.half().float(), rtol=0, atol=0
+    )
+    assert half["teacher_topk_indices"] == full["teacher_topk_indices"]
+    # 2 values per example at 2 bytes instead of 4; indices and list offsets are the same in both.
+    saved = read_cache_metadata(full)["bytes_per_example"] - read_cache_metadata(half)["bytes_per_example"]
+    assert saved == pytest.approx(2 * 2)
+    assert read_cache_metadata(half)["cache_key"] != read_cache_metadata(full)["cache_key"]
+
+
+def test_content_hash_depends_on_values_not_on_how_rows_are_split():
+    from datasets import concatenate_datasets
+
+    from hf_kd.cache import content_hash
+
+    cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), tiny_classification_dataset(n=8))
+    split = concatenate_datasets([cached.select(range(3)), cached.select(range(3, 8))])
+    assert content_hash(split) == content_hash(cached) == read_cache_metadata(cached)["content_hash"]
+    nudged = cached.map(lambda e, i: {"teacher_logits": [v + (1e-3 if i == 5 else 0) for v in e["teacher_logits"]]},
+                        with_indices=True)  # fmt: skip
+    assert content_hash(nudged) != content_hash(cached)
+
+
+def _saved_cache(tmp_path):
+    teacher = tiny_model(num_layers=2, seed=1)
+    data = tiny_classification_dataset(n=40)
+    first = cache_teacher_outputs(teacher, data, cache_dir=tmp_path)
+    (path,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    return teacher, data, first, path
+
+
+def _truncate_arrow(path):
+    arrow = os.path.join(path, "data-00000-of-00001.arrow")
+    with open(arrow, "r+b") as f:
+        f.truncate(os.path.getsize(arrow) // 2)
+
+
+def test_saved_cache_is_one_memory_mapped_arrow_file(tmp_path):
+    from datasets.table import MemoryMappedTable
+
+    _, _, first, path = _saved_cache(tmp_path)
+    assert sorted(os.listdir(path)) == ["data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
+    assert isinstance(first.data, MemoryMappedTable)
+    assert [os.path.basename(f["filename"]) for f in first.cache_files] == ["data-00000-of-00001.arrow"]
+
+
+def test_truncated_cache_file_is_rebuilt_with_a_warning_naming_the_path(tmp_path, caplog):
+    teacher, data, first, path = _saved_cache(tmp_path)
+    expected = list(first["teacher_logits"])
+    del first
+    _truncate_arrow(path)
+    with pytest.raises(OSError, match="Expected to be able to read"):  # what a plain load gives
+        load_from_disk(path)["teacher_logits"]
+    with caplog.at_level("WARNING", logger="hf_kd.cache"):
+        rebuilt = cache_teacher_outputs(teacher, data, cache_dir=tmp_path)
+    assert any(
+        path in r.getMessage() and "Expected to be able to read" in r.getMessage() for r in caplog.records
+    )
+    assert rebuilt["teacher_logits"] == expected
+    assert load_from_disk(path)["teacher_logits"] == expected  # the folder itself was repaired
+
+
+def test_truncated_cache_file_raises_when_asked_to(tmp_path):
+    from hf_kd.cache import TeacherCacheError
+
+    teacher, data, first, path = _saved_cache(tmp_path)
+    del first
+    _truncate_arrow(path)
+    with pytest.raises(TeacherCacheError, match=f"{path}.*Expected to be able to read.*on_corrupt='rebuild'"):
+        cache_teacher_outputs(teacher, data, cache_dir=tmp_path, on_corrupt="raise")
+
+
+def test_garbled_values_in_a_valid_cache_are_caught_by_the_content_hash(tmp_path, caplog):
+    import shutil
+
+    from hf_kd.cache import TeacherCacheError
+
+    teacher, data, first, path = _saved_cache(tmp_path)
+    expected = list(first["teacher_logits"])
+    # Same metadata (and so the recorded hash), one value changed, written as a perfectly valid dataset.
+    garbled = first.map(lambda e, i: {"teacher_logits": [9.0, 9.0, 9.0] if i == 7 else e["teacher_logits"]},
+                        with_indices=True)  # fmt: skip
+    garbled.save_to_disk(path + ".tmp")
+    del first, garbled
+    shutil.rmtree(path)
+    os.replace(path + ".tmp", path)
+    assert load_from_disk(path)["teacher_logits"][7] == [9.0, 9.0, 9.0]
+    with pytest.raises(TeacherCacheError, match=f"{path}.*hash"):
+        cache_teacher_outputs(teacher, data, cache_dir=tmp_path, on_corrupt="raise")
+    with caplog.at_level("WARNING", logger="hf_kd.cache"):
+        rebuilt = cache_teacher_outputs(teacher, data, cache_dir=tmp_path)
+    assert any(path in r.getMessage() and "hash" in r.getMessage() for r in caplog.records)
+    assert rebuilt["teacher_logits"] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_process_cache_equals_one_process_cache_and_is_one_shard_per_process(tmp_path):
+    """torchrun, 2 processes: each writes its half as one Arrow file; rank 0 joins them under the 1-process key."""
+    import importlib.util
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "cache_worker.py")
+    spec = importlib.util.spec_from_file_location("cache_worker", worker)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    teacher, data, kwargs = module.cache_case()
+    one = cache_teacher_outputs(teacher, data, cache_dir=tmp_path / "one", **kwargs)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), worker, "--cache-dir", str(tmp_path / "two")]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    (name_one,) = os.listdir(tmp_path / "one")
+    names_two = sorted(os.listdir(tmp_path / "two"))
+    assert names_two == sorted([name_one, "report-rank0.json", "report-rank1.json"])  # same key, no leftovers
+    path = tmp_path / "two" / name_one
+    assert sorted(os.listdir(path)) == [
+        "data-00000-of-00002.arrow", "data-00001-of-00002.arrow", "dataset_info.json", "state.json",
+    ]  # fmt: skip
+    two = load_from_disk(str(path))
+    # Rows 0-5 from process 0, rows 6-12 from process 1, in order.
+    from datasets import Dataset
+
+    halves = [Dataset.from_file(str(path / f"data-0000{r}-of-00002.arrow")) for r in (0, 1)]
+    assert [len(h) for h in halves] == [6, 7]
+    assert halves[0]["input_ids"] == data["input_ids"][:6] and halves[1]["input_ids"] == data["input_ids"][6:]
+    assert two._fingerprint == one._fingerprint
+    meta_one, meta_two = read_cache_metadata(one), read_cache_metadata(two)
+    assert meta_two == meta_one  # key, content hash, bytes per example, task, ...
+    assert two["input_ids"] == one["input_ids"]
+    for column in ("teacher_topk_log_probs", "teacher_topk_indices"):
+        for a, b in zip(two[column], one[column]):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-3, atol=1e-3)
+    for rank in (0, 1):
+        with open(tmp_path / "two" / f"report-rank{rank}.json") as f:
+            report = json.load(f)
+        assert report["world_size"] == 2 and report["rows"] == 13
+        assert report["cache_files"] == ["data-00000-of-00002.arrow", "data-00001-of-00002.arrow"]
+        assert report["metadata"] == meta_one
