@@ -129,8 +129,11 @@ def _has_subdir_weights(path: str) -> bool:
     return any(os.path.isdir(os.path.join(path, d)) for d in os.listdir(path))
 
 
-def file_problem(path: str, require_projections: bool = False) -> str | None:
-    """The first file Trainer writes that is missing or malformed in checkpoint `path`, as a sentence; or None."""
+def file_problem(path: str, require_projections: bool = False, check_zeros: bool = True) -> str | None:
+    """The first file Trainer writes that is missing or malformed in checkpoint `path`, as a sentence; or None.
+
+    `check_zeros`: read the weights through to refuse ones zero-filled at the right size (a manifest, when there is
+    one, catches that and more through its hashes)."""
     state = os.path.join(path, TRAINER_STATE)
     if not os.path.isfile(state):
         return f"{TRAINER_STATE} is missing (the save was interrupted)"
@@ -156,6 +159,10 @@ def file_problem(path: str, require_projections: bool = False) -> str | None:
     for p in present:
         if not safetensors_is_complete(p):
             return f"{os.path.basename(p)} is truncated or corrupt"
+        if check_zeros and safetensors_is_all_zero(p):
+            return (
+                f"{os.path.basename(p)} holds only zeros (zero-filled at the right size, not saved weights)"
+            )
     for name in (CONFIG_FILE, "adapter_config.json"):
         if os.path.isfile(os.path.join(path, name)):
             problem = _json_problem(os.path.join(path, name))
@@ -283,7 +290,10 @@ class CheckpointManifestCallback(TrainerCallback):
 
 def checkpoint_problem(path: str, require_projections: bool = False) -> str | None:
     """Why a checkpoint directory cannot be resumed from, naming the file; None when it is complete."""
-    return file_problem(path, require_projections) or manifest_problem(path, require_projections)
+    has_manifest = os.path.isfile(os.path.join(path, MANIFEST_FILE))
+    return file_problem(path, require_projections, check_zeros=not has_manifest) or manifest_problem(
+        path, require_projections
+    )
 
 
 def check_resumable(path: str, require_projections: bool = False) -> None:
