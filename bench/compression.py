@@ -11,8 +11,22 @@ the linear layers; "int8+emb" also stores the word-embedding table as int8 (most
     python bench/compression.py --demo-dir hf_kd_demo  # the table
     python bench/compression.py --quick                # tiny random models: checks the measuring, no numbers
 
-All rows come from one process, one after another, with the same thread count, so the ratios compare; on a
-shared machine the absolute latencies are noisy (the median of `--runs` helps, it does not cure).
+More rows:
+- `--onnx`: each student exported to ONNX (`hf_kd.export`) and run in ONNX Runtime, float32 and dynamic int8;
+  their accuracy comes from the same test texts, with the largest logit difference from PyTorch.
+- `--narrow 2x192`: a narrow student (2 layers, hidden 192, heads and FFN following) built from the teacher by
+  weight selection (`make_student(..., hidden_size=192)`, heads and FFN neurons by importance on 256 training
+  articles) and the same shape initialised at random (`init="random"`), both distilled from the teacher with the
+  same recipe (T=2, alpha=0.5, hidden-state MSE through learned projections, `--narrow-epochs` epochs at
+  `--narrow-lr`), once per seed in `--seeds`. The main table holds the first seed's models; a second table gives
+  every seed, the means, and the per-seed paired difference select - random with its standard error.
+
+    python bench/compression.py --demo-dir hf_kd_demo --onnx --narrow 2x192 --seeds 0 1 2
+
+All latencies come from one process with the same thread count, interleaved: after a warm-up of every model,
+each of `--runs` rounds times one forward pass of every model in turn (at each batch size), so load from other
+processes on a shared machine falls on all rows alike; the median per model is reported, and the ratios are
+what to read. The load average at the start and end of timing is printed.
 """
 
 from __future__ import annotations
@@ -37,9 +51,7 @@ from hf_kd.compression import (  # noqa: E402
     compare_models,
     evaluate_accuracy,
     format_comparison_table,
-    is_quantized,
     load_model,
-    measure_model,
     quantize_dynamic_int8,
 )
 from hf_kd.pruning import prune_heads  # noqa: E402
@@ -67,6 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", action="store_true", help="add the student trained without distillation")
     p.add_argument("--prune-heads", type=int, default=0, help="add a row: distilled student minus N heads")
     p.add_argument("--recover-steps", type=int, default=50, help="distillation steps after pruning")
+    p.add_argument("--onnx", action="store_true", help="add ONNX Runtime float32 and int8 rows per student")
+    p.add_argument(
+        "--narrow", default=None, help="LAYERSxHIDDEN: add weight-selected and random narrow students"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the narrow students")
+    p.add_argument("--narrow-epochs", type=float, default=2.0)
+    p.add_argument("--narrow-lr", type=float, default=5e-4)
+    p.add_argument(
+        "--narrow-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the narrow students under bfloat16 autocast (evaluation stays float32)",
+    )
+    p.add_argument("--selection", default="importance", choices=["importance", "magnitude", "even"])
+    p.add_argument("--importance-examples", type=int, default=256, help="training articles for importance")
     p.add_argument("--json", dest="json_path", default=None, help="write measurements and table as JSON")
     p.add_argument("--quick", action="store_true", help="tiny random models and data: checks the pipeline")
     return p.parse_args(argv)
@@ -169,6 +196,211 @@ def _recover(
     pruned.eval()
 
 
+def _encode(tokenizer: Any, train: Any, seq_len: int) -> Any:
+    return train.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=seq_len),
+        batched=True,
+        remove_columns=["text"],
+    ).rename_column("label", "labels")
+
+
+def _importance_batches(tokenizer: Any, train: Any, examples: int, seq_len: int) -> list[dict[str, Any]]:
+    """Labelled batches of 32 from the first `examples` training articles (weight selection by importance)."""
+    subset = train.select(range(min(examples, len(train))))
+    batches = []
+    for start in range(0, len(subset), 32):
+        rows = subset[start : start + 32]
+        enc = tokenizer(rows["text"], truncation=True, max_length=seq_len, padding=True, return_tensors="pt")
+        batches.append({**enc, "labels": torch.as_tensor(rows["label"])})
+    return batches
+
+
+def _distil_narrow(
+    teacher: torch.nn.Module,
+    tokenizer: Any,
+    train: Any,
+    shape: tuple[int, int],
+    init: str,
+    seed: int,
+    args: argparse.Namespace,
+    out: str,
+) -> torch.nn.Module:
+    """A narrow student (weight-selected or random), distilled from the teacher; returned as deployed."""
+    from transformers import DataCollatorWithPadding
+
+    from hf_kd import DistillationConfig, DistillationTrainer, make_student
+    from hf_kd.layer_map import PROJECTIONS_ATTR
+
+    torch.manual_seed(seed)
+    layers, hidden = shape
+    selection = {}
+    if init == "select":
+        selection = {"selection": args.selection}
+        if args.selection == "importance":
+            selection["dataloader"] = _importance_batches(
+                tokenizer, train, args.importance_examples, args.seq_len
+            )
+    student = make_student(teacher, num_layers=layers, hidden_size=hidden, init=init, **selection)
+    config = DistillationConfig(
+        output_dir=out,
+        num_train_epochs=args.narrow_epochs,
+        learning_rate=args.narrow_lr,
+        per_device_train_batch_size=32,
+        warmup_steps=5,
+        weight_decay=0.01,
+        temperature=2.0,
+        alpha=0.5,
+        hidden_weight=1.0,
+        layer_map="uniform",
+        bf16=args.narrow_bf16,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        args=config,
+        teacher_model=teacher,
+        train_dataset=_encode(tokenizer, train, args.seq_len),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    # keep_fp32_wrapper=False: without it the bf16 autocast wrapper stays on forward (and in every timing)
+    student = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    if hasattr(student, PROJECTIONS_ATTR):  # training-only projections to the teacher's width
+        delattr(student, PROJECTIONS_ATTR)
+    return student.float().eval()
+
+
+def _onnx_rows(
+    name: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: list[str],
+    labels: list[int],
+    out: str,
+    seq_len: int,
+) -> tuple[list[tuple[str, Any]], dict[str, dict[str, Any]]]:
+    """ONNX float32 and int8 versions of `model` as timed runners, and their parity on the test texts."""
+    from hf_kd.export import OnnxClassifier, export_onnx, parity_check, quantize_onnx_int8
+
+    folder = os.path.join(out, name.replace(" ", "_"))
+    path = export_onnx(model, os.path.join(folder, "model.onnx"), tokenizer)
+    int8 = quantize_onnx_int8(path, os.path.join(folder, "model_int8.onnx"))
+    names = {f"{name} ONNX": path, f"{name} ONNX int8": int8}
+    parity = parity_check(model, names, tokenizer, texts, labels, batch_size=32, max_length=seq_len)
+    return [(n, OnnxClassifier(p)) for n, p in names.items()], parity
+
+
+def _interleaved_latency(
+    rows: list[tuple[str, Any]], config: Any, batch_sizes: list[int], seq_len: int, warmup: int, runs: int
+) -> dict[str, dict[int, float]]:
+    """Median ms per forward pass of every row at every batch size, timed in interleaved rounds."""
+    import statistics
+
+    from hf_kd.export import onnx_input_names
+
+    latency: dict[str, dict[int, float]] = {name: {} for name, _ in rows}
+    generator = torch.Generator().manual_seed(0)
+    for batch_size in batch_sizes:
+        ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)  # (B, L)
+        values = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids),
+        }
+        entries = []
+        for name, run in rows:
+            names = run.input_names if hasattr(run, "input_names") else onnx_input_names(run)
+            entries.append((name, run, {n: values[n] for n in names}))
+        times: dict[str, list[float]] = {name: [] for name, _ in rows}
+        with torch.inference_mode():
+            for round_ in range(warmup + runs):
+                for name, run, inputs in entries:
+                    start = time.perf_counter()
+                    run(**inputs)
+                    if round_ >= warmup:
+                        times[name].append((time.perf_counter() - start) * 1000.0)
+        for name in times:
+            latency[name][batch_size] = statistics.median(times[name])
+    return latency
+
+
+def _narrow_table(narrow: dict[str, dict[int, float]], teacher_accuracy: float) -> tuple[str, dict[str, Any]]:
+    """Per seed accuracies of the weight-selected and random narrow students, means, and the paired difference."""
+    import statistics
+
+    seeds = sorted(set(narrow["select"]) & set(narrow["random"]))
+    diffs = [narrow["select"][s] - narrow["random"][s] for s in seeds]
+    summary = {
+        "seeds": seeds,
+        "select": [narrow["select"][s] for s in seeds],
+        "random": [narrow["random"][s] for s in seeds],
+        "select_mean": statistics.fmean(narrow["select"][s] for s in seeds),
+        "random_mean": statistics.fmean(narrow["random"][s] for s in seeds),
+        "paired_diff_mean": statistics.fmean(diffs),
+        "paired_diff_se": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan"),
+    }
+    lines = ["| Init | " + " | ".join(f"seed {s}" for s in seeds) + " | Mean | Teacher accuracy kept |"]
+    lines.append("|" + "---|" * (len(seeds) + 3))
+    for init in ("select", "random"):
+        mean = summary[f"{init}_mean"]
+        cells = " | ".join(f"{narrow[init][s]:.4f}" for s in seeds)
+        label = "weight selection" if init == "select" else "random"
+        lines.append(f"| {label} | {cells} | {mean:.4f} | {mean / teacher_accuracy:.1%} |")
+    lines.append("")
+    lines.append(
+        f"Paired per seed, weight selection - random: {summary['paired_diff_mean'] * 100:+.2f} points "
+        f"(standard error {summary['paired_diff_se'] * 100:.2f}, {len(seeds)} seeds)."
+    )
+    return "\n".join(lines), summary
+
+
+def _goal_lines(
+    latency: dict[str, dict[int, float]],
+    scores: dict[str, float],
+    narrow: dict[str, Any] | None,
+    shape: str | None,
+) -> list[str]:
+    """Goal A: a distilled student + int8 >= 5x faster than the teacher at batch 1, keeping >= 99% of its accuracy.
+    Goal B: a weight-selected narrow student >= 8x faster at batch 1, keeping >= 97%, ahead of random init."""
+    teacher_ms, teacher_acc = latency["teacher"].get(1), scores["teacher"]
+    if teacher_ms is None:
+        return ["(goals need batch size 1)"]
+    lines = []
+
+    def line(goal: str, name: str, speed_goal: float, kept_goal: float, accuracy: float) -> None:
+        speedup, kept = teacher_ms / latency[name][1], accuracy / teacher_acc
+        met = speedup >= speed_goal and kept >= kept_goal
+        lines.append(
+            f"- Goal {goal}, {name}: {speedup:.2f}x faster at batch 1 (goal {speed_goal:g}x), keeps {kept:.1%} "
+            f"of the teacher's accuracy (goal {kept_goal:.0%}) -- {'met' if met else 'NOT met'}."
+        )
+
+    for name in latency:
+        if name.startswith("student distilled") and "int8" in name and name in scores:
+            line("A", name, 5.0, 0.99, scores[name])
+    if narrow is not None:
+        for name in latency:
+            if name.startswith(f"narrow {shape} select"):
+                accuracy = narrow["select_mean"] if name == f"narrow {shape} select" else scores[name]
+                line("B", name, 8.0, 0.97, accuracy)
+        se = narrow["paired_diff_se"] * 100
+        diff = narrow["paired_diff_mean"] * 100
+        ahead = diff > 2 * se if se == se else diff > 0
+        lines.append(
+            f"- Goal B, weight selection vs random init ({shape}, both distilled): {narrow['select_mean']:.4f} vs "
+            f"{narrow['random_mean']:.4f}, paired {diff:+.2f} ± {se:.2f} points (SE, {len(narrow['seeds'])} seeds) "
+            f"-- {'clearly ahead' if ahead else 'NOT clearly ahead'} (more than 2 standard errors)."
+        )
+    return lines
+
+
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 
@@ -177,6 +409,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
+
+    from hf_kd.compression import ModelMeasurement, count_parameters, model_size_bytes
 
     tmp = tempfile.TemporaryDirectory()
     if args.quick:
@@ -187,6 +421,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.prune_heads = args.prune_heads or 2
         args.recover_steps = min(args.recover_steps, 2)
         args.baseline = True
+        if args.narrow:
+            args.narrow_epochs, args.seeds = min(args.narrow_epochs, 1.0), args.seeds[:2]
+            args.importance_examples = min(args.importance_examples, 32)
     else:
         dirs, data = _demo_setup(args)
     test = data["test"]
@@ -195,16 +432,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts, labels = list(test["text"]), list(test["label"])
     tokenizer = AutoTokenizer.from_pretrained(dirs["teacher"])
 
+    # 1. the models: (name, runner, the float model it comes from)
     teacher = load_model(dirs["teacher"])
     distilled = load_model(dirs["distilled"])
-    rows: list[tuple[str, torch.nn.Module]] = [
-        ("teacher", teacher),
-        ("student distilled", distilled),
-        ("student distilled int8", quantize_dynamic_int8(distilled)),
-        ("student distilled int8+emb", quantize_dynamic_int8(distilled, embeddings=True)),
-    ]
+    students: list[tuple[str, torch.nn.Module]] = [("student distilled", distilled)]
     if args.baseline:
-        rows.append(("student no KD", load_model(dirs["baseline"])))
+        students.append(("student no KD", load_model(dirs["baseline"])))
     if args.prune_heads:
         pruned = copy.deepcopy(distilled)
         removed = prune_heads(pruned, args.prune_heads, method="magnitude")
@@ -223,33 +456,116 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"recovery distillation: {args.recover_steps} steps in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
-        rows.append((f"student distilled -{args.prune_heads} heads", pruned))
-        rows.append(
-            (
-                f"student distilled -{args.prune_heads} heads int8+emb",
-                quantize_dynamic_int8(pruned, embeddings=True),
+        students.append((f"student distilled -{args.prune_heads} heads", pruned))
+    narrow_scores: dict[str, dict[int, float]] = {"select": {}, "random": {}}
+    shape = None
+    if args.narrow:
+        layers, hidden = (int(x) for x in args.narrow.lower().split("x"))
+        shape = f"{layers}x{hidden}"
+        for seed in args.seeds:
+            for init in ("select", "random"):
+                started = time.perf_counter()
+                student = _distil_narrow(
+                    teacher,
+                    tokenizer,
+                    data["train"],
+                    (layers, hidden),
+                    init,
+                    seed,
+                    args,
+                    os.path.join(tmp.name, f"narrow_{init}_{seed}"),
+                )
+                narrow_scores[init][seed] = evaluate_accuracy(
+                    student, tokenizer, texts, labels, batch_size=32, max_length=args.seq_len
+                )
+                print(
+                    f"narrow {shape} {init}, seed {seed}: accuracy {narrow_scores[init][seed]:.4f} "
+                    f"({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+                if seed == args.seeds[0]:
+                    students.append((f"narrow {shape} {init}", student))
+
+    rows: list[tuple[str, Any, torch.nn.Module]] = [("teacher", teacher, teacher)]
+    scores: dict[str, float] = {}
+    parity: dict[str, dict[str, Any]] = {}
+    for name, model in students:
+        rows.append((name, model, model))
+        rows.append((f"{name} int8", quantize_dynamic_int8(model), model))
+        if name == "student distilled" or name.endswith("heads"):
+            rows.append((f"{name} int8+emb", quantize_dynamic_int8(model, embeddings=True), model))
+        if args.onnx:
+            onnx_rows, report = _onnx_rows(
+                name, model, tokenizer, texts, labels, os.path.join(tmp.name, "onnx"), args.seq_len
+            )
+            rows += [(n, run, model) for n, run in onnx_rows]
+            parity.update({n: r for n, r in report.items() if n != "pytorch"})
+            scores.update({n: r["accuracy"] for n, r in report.items() if n != "pytorch"})
+
+    # 2. accuracy of the PyTorch rows (the ONNX rows have theirs from the parity check)
+    for name, run, _ in rows:
+        if name not in scores:
+            scores[name] = evaluate_accuracy(
+                run, tokenizer, texts, labels, batch_size=32, max_length=args.seq_len
+            )
+            print(f"accuracy {name}: {scores[name]:.4f}", flush=True)
+
+    # 3. latency, interleaved over every row
+    load_before = os.getloadavg()
+    latency = _interleaved_latency(
+        [(name, run) for name, run, _ in rows],
+        teacher.config,
+        args.batch_sizes,
+        args.seq_len,
+        args.warmup,
+        args.runs,
+    )
+    load_after = os.getloadavg()
+
+    # 4. sizes, the tables and the goals
+    measurements = []
+    for name, run, model in rows:
+        onnx_file = getattr(run, "path", None)
+        total, non_embedding = count_parameters(model)
+        measurements.append(
+            ModelMeasurement(
+                name=name,
+                num_parameters=total,
+                num_non_embedding_parameters=non_embedding,
+                size_bytes=os.path.getsize(onnx_file) if onnx_file else model_size_bytes(run),
+                seq_len=args.seq_len,
+                device="cpu",
+                latency_ms=latency[name],
+                throughput={b: b / ms * 1000.0 for b, ms in latency[name].items()},
+                threads=torch.get_num_threads(),
             )
         )
-
-    measurements, scores = [], {}
-    for name, model in rows:
-        # int8 kernels are CPU-only; compare int8 rows with float rows only when --device is cpu.
-        device = "cpu" if is_quantized(model) else args.device
-        m = measure_model(model, name, args.batch_sizes, args.seq_len, args.warmup, args.runs, device)
-        scores[name] = evaluate_accuracy(
-            model, tokenizer, texts, labels, batch_size=32, max_length=args.seq_len
-        )
-        measurements.append(m)
-        print(f"measured {name}: accuracy {scores[name]:.4f}", flush=True)
-
     table = format_comparison_table(measurements, scores)
+    narrow_table, narrow_summary = ("", None)
+    if args.narrow:
+        narrow_table, narrow_summary = _narrow_table(narrow_scores, scores["teacher"])
+    goals = _goal_lines(latency, scores, narrow_summary, shape)
     print()
     print(
         f"Compression on {'tiny random models (--quick)' if args.quick else 'BBC News test'} "
         f"({len(texts)} examples); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}"
+        f"{platform.processor() or platform.machine()}; load average {load_before[0]:.2f} before timing, "
+        f"{load_after[0]:.2f} after; {args.runs} interleaved rounds"
     )
     print(table)
+    if parity:
+        print("\nONNX parity against PyTorch on the test texts:")
+        for name, r in parity.items():
+            print(
+                f"- {name}: max |logit diff| {r['max_abs_logit_diff']:.2e}, argmax agreement "
+                f"{r['argmax_agreement']:.2%}, accuracy {r['accuracy']:.4f}"
+            )
+    if narrow_table:
+        print(f"\nNarrow students {shape}, distilled, test accuracy per seed:")
+        print(narrow_table)
+    if goals:
+        print()
+        print("\n".join(goals))
     comparisons = [
         compare_models(measurements[0], m, scores[measurements[0].name], scores[m.name])
         for m in measurements[1:]
@@ -259,6 +575,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scores": scores,
         "table": table,
         "comparisons": comparisons,
+        "parity": parity,
+        "narrow": narrow_summary,
+        "narrow_table": narrow_table,
+        "goals": goals,
+        "load_average": {"before": list(load_before), "after": list(load_after)},
         "quick": args.quick,
         "test_examples": len(texts),
     }

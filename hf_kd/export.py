@@ -132,6 +132,17 @@ def export_onnx(
             "the model holds PyTorch int8 layers, which ONNX cannot take: export the float model, and pass "
             "--int8 (quantize_onnx_int8) for an int8 ONNX file"
         )
+    own_forward = vars(model).get("forward")
+    # (accelerate's unwrap with keep_fp32_wrapper=False leaves the class's own function, decorators peeled off)
+    if own_forward is not None and inspect.unwrap(
+        getattr(own_forward, "__func__", own_forward)
+    ) is not inspect.unwrap(type(model).forward):
+        # Accelerate wraps forward in autocast for bf16/fp16 training; traced, that wrapper breaks the export.
+        raise ValueError(
+            f"{type(model).__name__}.forward is replaced on the instance (accelerate's mixed-precision wrapper, "
+            "left by bf16/fp16 training): export trainer.accelerator.unwrap_model(model, "
+            "keep_fp32_wrapper=False), or the model reloaded with from_pretrained"
+        )
     cpu_model = copy.deepcopy(model).cpu().eval() if first.device.type != "cpu" else model
     was_training = cpu_model.training
     cpu_model.eval()
@@ -171,15 +182,21 @@ def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike) -> str:
 
 
 class OnnxClassifier:
-    """An ONNX Runtime session on CPU that takes the tokenizer's tensors and returns logits as a tensor."""
+    """An ONNX Runtime session on CPU that takes the tokenizer's tensors and returns logits as a tensor.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    `spin=False` (default) stops ONNX Runtime's worker threads from busy-waiting after each run: with spinning,
+    they keep the cores busy for a while after the call returns, which slows whatever runs next on the same cores
+    (a PyTorch model timed in turn, other processes on a shared machine)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = False) -> None:
         _require_onnx()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = str(path)
         self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
