@@ -13,8 +13,11 @@ Placement decision (see `teacher_placement`):
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +39,164 @@ TEACHER_COLUMNS = (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---- teacher precision by measurement ------------------------------------------------------------------
+
+# teacher_dtype="auto" keeps a bfloat16 teacher only if, on a first batch, it agrees with the float32 teacher:
+BF16_MIN_AGREEMENT = 0.995  # share of items (examples, or real tokens) with the same argmax class
+# Mean KL(p_float32 || p_bfloat16) per item at T=1, in nats. bfloat16 keeps 8 bits of mantissa, so logits move by
+# about 0.4% of their size; for a trained classifier that gives KL of order 1e-5..1e-4. 1e-3 nats is far below the
+# KD term's own size at the temperatures people use (0.01..1) yet above bfloat16's rounding alone.
+BF16_MAX_KL = 1e-3
+
+
+@dataclass
+class TeacherPrecision:
+    """The teacher's forward dtype, and why: the outcome of `resolve_teacher_dtype`.
+
+    `agreement` (argmax agreement with float32) and `kl` (mean KL(p_float32 || p_bfloat16) per item) are None when
+    no comparison ran (a forced dtype, or a device without fast bfloat16).
+    """
+
+    dtype: torch.dtype
+    agreement: float | None
+    kl: float | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for logs, `distillation_summary()` and the model card."""
+        return {
+            "teacher_dtype": str(self.dtype).removeprefix("torch."),
+            "bf16_argmax_agreement": self.agreement,
+            "bf16_kl": self.kl,
+            "bf16_min_agreement": BF16_MIN_AGREEMENT,
+            "bf16_max_kl": BF16_MAX_KL,
+            "reason": self.reason,
+        }
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_is_fast(device: str | torch.device) -> tuple[bool, str]:
+    """Whether `device` runs bfloat16 matrix products natively (faster than float32), and what says so.
+
+    CUDA: `torch.cuda.is_bf16_supported()` (Ampere and later). CPU: AMX (`amx_bf16`) or AVX512-BF16
+    (`avx512_bf16`) in /proc/cpuinfo; without them, oneDNN emulates bfloat16 through float32 and gains nothing.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return ok, f"CUDA device {'supports' if ok else 'has no native'} bfloat16"
+    if device.type == "cpu":
+        found = sorted(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+        capability = torch.backends.cpu.get_cpu_capability()
+        if found:
+            return True, f"CPU has {' and '.join(found)} (torch CPU capability {capability})"
+        return False, f"CPU has neither amx_bf16 nor avx512_bf16 (torch CPU capability {capability})"
+    return False, f"no bfloat16 speed check for device type {device.type!r}"
+
+
+def _comparable_logits(outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """The teacher's class scores as (N, C) float32 rows, one per item: examples, or the real tokens of
+    token-level heads (attention_mask 1); QA gives its start and end logits as two 'classes' lists per example."""
+    logits = outputs.get("logits") if hasattr(outputs, "get") else None
+    if logits is None and hasattr(outputs, "get") and outputs.get("start_logits") is not None:
+        logits = torch.stack([outputs["start_logits"], outputs["end_logits"]], dim=1)  # (B, 2, L)
+        return logits.float().reshape(-1, logits.shape[-1])
+    if logits is None:
+        raise ValueError(
+            "the teacher returns no logits: a precision check needs a classification, QA or LM head"
+        )
+    logits = logits.float()
+    if logits.dim() == 3:  # (B, L, C): keep real tokens only
+        mask = batch.get("attention_mask")
+        keep = mask.bool() if mask is not None else torch.ones(logits.shape[:2], dtype=torch.bool)
+        return logits[keep.to(logits.device)]  # (N, C)
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def _bfloat16_copy(teacher: nn.Module) -> nn.Module:
+    return copy.deepcopy(teacher).to(torch.bfloat16)
+
+
+def resolve_teacher_dtype(
+    teacher: nn.Module,
+    sample_batch: dict[str, Any],
+    device: str | torch.device | None = None,
+    requested: str = "auto",
+) -> TeacherPrecision:
+    """Pick the teacher's forward dtype by measurement.
+
+    Args:
+        teacher: the float32 teacher (left unchanged: the check runs a bfloat16 copy).
+        sample_batch: a collated batch of model inputs (for example the first training batch); label columns are
+            ignored.
+        device: where the teacher will run; default the teacher's device.
+        requested: `auto`, or a forced `float32`, `bfloat16` or `float16` (returned as is, without a check).
+
+    `auto` gives bfloat16 when the device runs it natively (`bf16_is_fast`) and a bfloat16 copy of the teacher
+    agrees with the float32 teacher on `sample_batch`: argmax agreement >= `BF16_MIN_AGREEMENT` and mean KL per
+    item <= `BF16_MAX_KL`. Otherwise float32. Either way the figures and the reason are logged and returned. The
+    copy costs half the teacher's float32 memory for the duration of the check.
+    """
+    forced = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if requested in forced:
+        return TeacherPrecision(forced[requested], None, None, f"teacher_dtype={requested!r} was asked for")
+    if requested != "auto":
+        raise ValueError(
+            f"teacher_dtype={requested!r} is not one of ['auto', {', '.join(map(repr, forced))}]"
+        )
+    param = next(teacher.parameters(), None)
+    device = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
+    fast, why = bf16_is_fast(device)
+    if not fast:
+        precision = TeacherPrecision(torch.float32, None, None, f"float32: {why}")
+        logger.info("Teacher precision: %s.", precision.reason)
+        return precision
+
+    labels = ("labels", "label", "label_ids", "start_positions", "end_positions")
+    batch = {k: v.to(device) for k, v in sample_batch.items() if torch.is_tensor(v) and k not in labels}
+    names = forward_argument_names(teacher)
+    if names is not None:
+        batch = {k: v for k, v in batch.items() if k in names}
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.inference_mode():
+            reference = _comparable_logits(teacher.to(device)(**batch), batch)  # (N, C) float32
+            half = _bfloat16_copy(teacher)
+            candidate = _comparable_logits(half(**batch), batch)
+            del half
+    finally:
+        teacher.train(was_training)
+    agreement = (reference.argmax(-1) == candidate.argmax(-1)).float().mean().item()
+    log_p, log_q = reference.log_softmax(-1), candidate.log_softmax(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).mean().item()
+    figures = f"argmax agreement {agreement:.4f} (needs >= {BF16_MIN_AGREEMENT}), KL {kl:.2e} (needs <= {BF16_MAX_KL:g})"
+    if agreement >= BF16_MIN_AGREEMENT and kl <= BF16_MAX_KL:
+        precision = TeacherPrecision(torch.bfloat16, agreement, kl, f"bfloat16: {why}; {figures}")
+        logger.info("Teacher precision: %s over %d items.", precision.reason, len(reference))
+    else:
+        precision = TeacherPrecision(
+            torch.float32,
+            agreement,
+            kl,
+            f"float32: bfloat16 disagrees with float32 on the first batch; {figures}",
+        )
+        logger.warning(
+            "Teacher precision: %s over %d items; keeping float32.", precision.reason, len(reference)
+        )
+    return precision
 
 
 def teacher_placement(accelerator) -> str:
@@ -151,10 +312,21 @@ def _shard_with_fsdp(teacher: nn.Module, accelerator) -> nn.Module:
     return wrapped.eval()
 
 
-def place_teacher(teacher: nn.Module, accelerator, teacher_dtype: str = "auto") -> tuple[nn.Module, str]:
-    """Freeze, cast and place the teacher for this run; returns (teacher, placement)."""
+def place_teacher(
+    teacher: nn.Module,
+    accelerator,
+    teacher_dtype: str = "auto",
+    precision: TeacherPrecision | None = None,
+) -> tuple[nn.Module, str]:
+    """Freeze, cast and place the teacher for this run; returns (teacher, placement).
+
+    The dtype: `precision.dtype` when given (the outcome of `resolve_teacher_dtype`), else `teacher_dtype` when
+    it names one; `auto` without a measurement keeps the teacher as loaded.
+    """
     freeze(teacher)
-    if teacher_dtype != "auto":
+    if precision is not None:
+        teacher.to(precision.dtype)
+    elif teacher_dtype != "auto":
         teacher.to(DTYPES[teacher_dtype])
     placement = teacher_placement(accelerator)
     if placement == "deepspeed_zero3":

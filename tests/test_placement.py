@@ -176,3 +176,136 @@ def test_example_accelerate_configs_load(name, distributed_type):
         assert config.fsdp_config["fsdp_version"] == 2
     if name == "deepspeed_zero3":
         assert config.deepspeed_config["zero_stage"] == 3
+
+
+# ---- teacher precision by measurement ---------------------------------------------------------------------
+
+
+def _sharp_teacher(cls_name="BertForSequenceClassification"):
+    """A tiny teacher with clear winners (a random one is near-uniform, where any rounding flips the argmax)."""
+    from conftest import tiny_model
+
+    teacher = tiny_model(cls_name, seed=1, num_layers=2, hidden=48)
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(30.0)
+    return teacher
+
+
+def _batch(n=16, seq_len=12):
+    from conftest import tiny_classification_dataset
+    from transformers import default_data_collator
+
+    return default_data_collator(list(tiny_classification_dataset(n=n, seq_len=seq_len, seed=5)))
+
+
+def _expected_figures(teacher, bf16_teacher, batch, token_level=False):
+    """Argmax agreement and mean KL(p_fp32 || p_bf16) per item, computed here from the two models directly."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        p = teacher(**inputs).logits.float()
+        q = bf16_teacher(**inputs).logits.float()
+    if token_level:
+        keep = batch["attention_mask"].bool()
+        p, q = p[keep], q[keep]
+    agreement = (p.argmax(-1) == q.argmax(-1)).float().mean().item()
+    kl = torch.nn.functional.kl_div(q.log_softmax(-1), p.log_softmax(-1), log_target=True, reduction="none")
+    return agreement, kl.sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("requested", ["float32", "bfloat16", "float16"])
+def test_forced_teacher_dtype_is_taken_without_a_check(requested, monkeypatch):
+    import hf_kd.teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "_comparable_logits", lambda *a: pytest.fail("no check may run"))
+    precision = teacher_module.resolve_teacher_dtype(_sharp_teacher(), _batch(), "cpu", requested)
+    assert precision.dtype == getattr(torch, requested) and precision.agreement is None
+    assert requested in precision.reason
+
+
+@pytest.mark.parametrize("cls_name", ["BertForSequenceClassification", "BertForTokenClassification"])
+def test_auto_picks_bfloat16_when_fast_and_in_agreement(cls_name, monkeypatch, caplog):
+    import copy
+
+    import hf_kd.teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "bf16_is_fast", lambda device: (True, "stand-in: fast bfloat16"))
+    teacher, batch = _sharp_teacher(cls_name), _batch()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with caplog.at_level("INFO", logger="hf_kd.teacher"):
+        precision = teacher_module.resolve_teacher_dtype(teacher, batch, "cpu")
+    agreement, kl = _expected_figures(
+        teacher, copy.deepcopy(teacher).to(torch.bfloat16), batch, token_level="Token" in cls_name
+    )
+    assert precision.dtype == torch.bfloat16
+    assert precision.agreement == pytest.approx(agreement) and agreement >= teacher_module.BF16_MIN_AGREEMENT
+    assert precision.kl == pytest.approx(kl, rel=1e-4, abs=1e-9) and kl <= teacher_module.BF16_MAX_KL
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher is untouched
+    assert any("bfloat16" in r.getMessage() and "agreement" in r.getMessage() for r in caplog.records)
+    summary = precision.as_dict()
+    assert summary["teacher_dtype"] == "bfloat16" and summary["bf16_argmax_agreement"] == precision.agreement
+
+
+def test_auto_falls_back_to_float32_when_the_bf16_teacher_disagrees(monkeypatch, caplog):
+    import copy
+
+    import hf_kd.teacher as teacher_module
+
+    def perturbed_copy(model):  # the bfloat16 copy gets its class scores scrambled
+        clone = copy.deepcopy(model).to(torch.bfloat16)
+        with torch.no_grad():
+            clone.classifier.weight.copy_(clone.classifier.weight.flip(0))
+        return clone
+
+    monkeypatch.setattr(teacher_module, "bf16_is_fast", lambda device: (True, "stand-in: fast bfloat16"))
+    monkeypatch.setattr(teacher_module, "_bfloat16_copy", perturbed_copy)
+    teacher, batch = _sharp_teacher(), _batch()
+    with caplog.at_level("WARNING", logger="hf_kd.teacher"):
+        precision = teacher_module.resolve_teacher_dtype(teacher, batch, "cpu")
+    agreement, kl = _expected_figures(teacher, perturbed_copy(teacher), batch)
+    assert precision.dtype == torch.float32
+    assert precision.agreement == pytest.approx(agreement) and agreement < teacher_module.BF16_MIN_AGREEMENT
+    assert precision.kl == pytest.approx(kl, rel=1e-4)
+    (record,) = [r for r in caplog.records if "keeping float32" in r.getMessage()]
+    assert "disagrees" in record.getMessage() and f"{agreement:.4f}" in record.getMessage()
+
+
+def test_auto_keeps_float32_on_a_cpu_without_bf16_instructions(monkeypatch):
+    import hf_kd.teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert teacher_module.bf16_is_fast("cpu")[0] is False
+    precision = teacher_module.resolve_teacher_dtype(_sharp_teacher(), _batch(), "cpu")
+    assert precision.dtype == torch.float32 and precision.agreement is None
+    assert "neither amx_bf16 nor avx512_bf16" in precision.reason
+    for flags in ({"avx512_bf16"}, {"amx_bf16", "amx_tile"}):
+        monkeypatch.setattr(teacher_module, "_cpu_flags", lambda flags=flags: flags)
+        assert teacher_module.bf16_is_fast("cpu")[0] is True
+
+
+def test_place_teacher_casts_to_the_measured_dtype():
+    from accelerate import Accelerator
+
+    from hf_kd.teacher import TeacherPrecision
+
+    teacher = _sharp_teacher()
+    measured = TeacherPrecision(torch.bfloat16, 1.0, 0.0, "stand-in measurement")
+    placed, placement = place_teacher(teacher, Accelerator(cpu=True), "auto", measured)
+    assert placement == "replicate" and all(p.dtype == torch.bfloat16 for p in placed.parameters())
+    kept, _ = place_teacher(
+        _sharp_teacher(), Accelerator(cpu=True), "auto"
+    )  # auto, nothing measured: as loaded
+    assert all(p.dtype == torch.float32 for p in kept.parameters())
+
+
+def test_auto_on_this_machine_follows_its_cpu_flags():
+    """No stand-in: whatever this CPU has, auto measures (bfloat16 instructions) or keeps float32 (none)."""
+    from hf_kd.teacher import BF16_MIN_AGREEMENT, bf16_is_fast, resolve_teacher_dtype
+
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    has_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert bf16_is_fast("cpu")[0] is has_bf16
+    precision = resolve_teacher_dtype(_sharp_teacher(), _batch(), "cpu")
+    if has_bf16:
+        assert precision.dtype == torch.bfloat16 and precision.agreement >= BF16_MIN_AGREEMENT
+    else:
+        assert precision.dtype == torch.float32 and precision.agreement is None
