@@ -15,7 +15,13 @@
 The cache is keyed on the teacher's weights (`teacher_fingerprint`), its name, the tokenizer (name + vocabulary
 hash), the dataset (`dataset._fingerprint`), `top_k` and `temperature`. The key and its parts travel with the
 dataset as JSON in `dataset.info.description`, which `datasets` carries through `select`, `shuffle`, `map`,
-`filter`, `train_test_split` and `save_to_disk`/`load_from_disk`; `read_cache_metadata` reads it back.
+`filter`, `train_test_split` and `save_to_disk`/`load_from_disk`; `read_cache_metadata` reads it back. The
+metadata also holds `content_hash` (the teacher columns' values, `content_hash`) and `bytes_per_example`.
+
+With `cache_dir`, the cache is saved there and read back memory-mapped. Under torchrun / accelerate launch every
+process computes a contiguous slice and writes it as one Arrow file; rank 0 joins the files into one dataset with
+the key, path and fingerprint of a 1-process build. A saved cache that cannot be read, or whose values no longer
+match `content_hash`, is rebuilt with a warning naming its path (or raises `TeacherCacheError`).
 
 `TeacherCacheCollator` wraps any collator: it takes the teacher columns out of the features, lets the inner
 collator build the batch, then stacks the cached values into float tensors aligned with the padded batch
