@@ -11,10 +11,14 @@ Steps:
    its embeddings and head) and distil it with `DistillationTrainer` (soft targets + hidden-state matching);
 3. train the same student initialisation without distillation (plain `Trainer`, same hyperparameters): the
    baseline that shows what distillation adds;
-4. evaluate all three on the test split, measure parameters, size and CPU latency, and print and save a table.
+4. distil a narrow student (same depth, hidden 192: 6 heads, FFN 768) twice with the same recipe: started by
+   weight selection from the teacher (`make_student(..., hidden_size=192)`) and at random (`init="random"`);
+5. evaluate all of them on the test split, measure parameters, size and CPU latency, add ONNX Runtime float32 and
+   int8 rows for the distilled and the weight-selected students (with `hf-kd[export]` installed), and print and
+   save a table.
 
-Written to `output_dir`: `teacher/`, `student_distilled/` (with its model card and loss plot), `student_baseline/`
-(each with its tokenizer), `demo_results.json` and `demo_results.md`.
+Written to `output_dir`: `teacher/`, `student_distilled/` (with its model card and loss plot), `student_baseline/`,
+`student_narrow_select/`, `student_narrow_random/`, `demo_results.json` and `demo_results.md`.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ class DemoSettings:
     latency_batch_size: int = 1
     latency_runs: int = 20
     measure_card: bool = True
+    # A narrow student of student_layers x narrow_hidden_size, distilled twice with the same recipe: started by
+    # weight selection from the teacher, and at random. None: no narrow rows.
+    narrow_hidden_size: int | None = 192
+    # ONNX Runtime float32 and int8 rows for the distilled students (needs hf-kd[export]; skipped without it).
+    onnx: bool = True
 
 
 # About 8 minutes on 2 free CPU cores (FACTS.md: ~2.2 s per teacher step and ~1.3 s per distillation step at
@@ -81,6 +90,8 @@ QUICK = DemoSettings(
     warmup_steps=2,
     latency_runs=3,
     measure_card=False,
+    narrow_hidden_size=None,
+    onnx=False,
 )
 
 
@@ -219,7 +230,7 @@ def run_demo(
     timings: dict[str, float] = {}
     results: dict[str, Any] = {"settings": asdict(settings), "seed": seed, "quick": quick}
 
-    phases = tqdm(total=6, desc="hf-kd demo", unit="phase", position=0)
+    phases = tqdm(total=6 + bool(settings.narrow_hidden_size), desc="hf-kd demo", unit="phase", position=0)
 
     def phase(name: str) -> float:
         phases.set_postfix_str(name)
@@ -316,6 +327,15 @@ def run_demo(
     baseline_trainer.save_model(os.path.join(output_dir, MODEL_DIRS["student_baseline"]))
     done("train baseline", start)
 
+    # 4b. narrow students: weight selection vs random initialisation, both distilled with the same recipe
+    narrow: list[tuple[str, Any, dict[str, float]]] = []
+    if settings.narrow_hidden_size:
+        start = phase("narrow students")
+        for init, label in (("select", "weight selection"), ("random", "random init")):
+            model, metrics = _distil_narrow(teacher, init, train, test, tokenizer, settings, seed, output_dir)
+            narrow.append((f"student {settings.narrow_hidden_size} wide, {label}, distilled", model, metrics))
+        done("narrow students", start)
+
     # 5. measure, compare, and write the table
     start = phase("measure")
     student_model = distil_trainer.accelerator.unwrap_model(distil_trainer.model)
@@ -324,6 +344,7 @@ def run_demo(
         ("teacher (MiniLM-L6, fine-tuned)", teacher, teacher_test),
         ("student, distilled", student_model, distilled_test),
         ("student, no distillation", baseline_trainer.model, baseline_test),
+        *narrow,
     ):
         with torch.inference_mode():
             measured = _measure(_without_projections(model), name, settings)
@@ -337,6 +358,9 @@ def run_demo(
                 "test_examples": len(test),
             }
         )
+    if settings.onnx:
+        onnx_students = [("student, distilled", student_model)] + [(n, m) for n, m, _ in narrow[:1]]
+        rows += _onnx_rows(onnx_students, raw["test"], tokenizer, settings, os.path.join(runs_dir, "onnx"))
     for row in rows:
         row["teacher_accuracy_kept"] = row["test_accuracy"] / rows[0]["test_accuracy"]
     table = format_results_table(rows, settings)
@@ -377,6 +401,102 @@ def run_demo(
     print(table)
     print(f"\nTotal time: {results['timings_s']['total']:.0f} s. Models and results in {output_dir}/")
     return results
+
+
+def _distil_narrow(
+    teacher: Any,
+    init: str,
+    train: Any,
+    test: Any,
+    tokenizer: Any,
+    settings: DemoSettings,
+    seed: int,
+    output_dir: str,
+) -> tuple[Any, dict[str, float]]:
+    """A student_layers x narrow_hidden_size student (heads and FFN follow the width), started by weight selection
+    (`init="select"`) or at random, distilled with the distilled student's recipe; saved to student_narrow_<init>/."""
+    from .metrics import compute_classification_metrics
+    from .student import make_student
+    from .trainer import DistillationTrainer
+
+    student = make_student(
+        teacher, num_layers=settings.student_layers, hidden_size=settings.narrow_hidden_size, init=init
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        args=_training_args(
+            os.path.join(output_dir, "runs", f"student_narrow_{init}"),
+            settings,
+            settings.student_epochs,
+            settings.student_learning_rate,
+            seed,
+            distillation=True,
+        ),
+        teacher_model=teacher,
+        train_dataset=train,
+        processing_class=tokenizer,
+        compute_metrics=compute_classification_metrics,
+    )
+    trainer.train()
+    metrics = trainer.evaluate(test, metric_key_prefix="test")
+    trainer.save_model(os.path.join(output_dir, f"student_narrow_{init}"))
+    model = _without_projections(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
+    return model.eval(), metrics
+
+
+def _onnx_rows(
+    students: list[tuple[str, Any]], raw_test: Any, tokenizer: Any, settings: DemoSettings, workdir: str
+) -> list[dict[str, Any]]:
+    """ONNX Runtime float32 and int8 rows for each student: size of the file, batch-1 latency, test metrics."""
+    try:
+        from .export import OnnxClassifier, export_onnx, onnx_input_names, quantize_onnx_int8, time_batch1
+    except ImportError:
+        return []
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.warning("ONNX rows skipped: onnxruntime is not installed (pip install 'hf-kd[export]').")
+        return []
+    from sklearn.metrics import f1_score
+
+    rows = []
+    texts, labels = list(raw_test["text"]), list(raw_test["label"])
+    for name, model in students:
+        folder = os.path.join(workdir, name.replace(" ", "_").replace(",", ""))
+        path = export_onnx(model, os.path.join(folder, "model.onnx"), tokenizer)
+        int8 = quantize_onnx_int8(path, os.path.join(folder, "model_int8.onnx"))
+        for suffix, file in ((" (ONNX)", path), (" (ONNX int8)", int8)):
+            session = OnnxClassifier(file)
+            predictions = []
+            for start in range(0, len(texts), settings.eval_batch_size):
+                enc = tokenizer(
+                    texts[start : start + settings.eval_batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=settings.max_length,
+                    return_tensors="pt",
+                )
+                predictions += session(**enc).argmax(-1).tolist()
+            latency = time_batch1(
+                session,
+                model.config,
+                settings.max_length,
+                runs=settings.latency_runs,
+                names=onnx_input_names(model, tokenizer),
+            )
+            rows.append(
+                {
+                    "model": name + suffix,
+                    "layers": model.config.num_hidden_layers,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "size_mb": os.path.getsize(file) / 1e6,
+                    "latency_ms": latency,
+                    "test_accuracy": sum(int(p == g) for p, g in zip(predictions, labels)) / len(labels),
+                    "test_f1": float(f1_score(labels, predictions, average="macro")),
+                    "test_examples": len(labels),
+                }
+            )
+    return rows
 
 
 def _without_projections(model: Any) -> Any:
