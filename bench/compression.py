@@ -465,8 +465,6 @@ def _goal_lines(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
     from hf_kd.compression import ModelMeasurement, count_parameters, model_size_bytes
@@ -545,6 +543,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if seed == args.seeds[0]:
                     students.append((f"narrow {shape} {init}", student))
 
+    if args.threads:  # for the measurements only: training above uses torch's default
+        torch.set_num_threads(args.threads)
     rows: list[tuple[str, Any, torch.nn.Module]] = [("teacher", teacher, teacher)]
     scores: dict[str, float] = {}
     parity: dict[str, dict[str, Any]] = {}
