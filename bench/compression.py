@@ -460,6 +460,31 @@ def _goal_lines(
     return lines
 
 
+def markdown_section(result: dict[str, Any], command: str) -> str:
+    """The results as a section of docs/benchmarks.md (from the JSON this script writes)."""
+    lines = [
+        f"Produced by `{command}` ({result['test_examples']} test articles).",
+        "",
+        f"_{result.get('machine', '')} Load average {result['load_average']['before'][0]:.2f} when timing "
+        f"started, {result['load_average']['after'][0]:.2f} when it ended._",
+        "",
+        result["table"],
+    ]
+    if result.get("parity"):
+        lines += ["", "ONNX parity against the same model in PyTorch, on the test articles:", ""]
+        lines += [
+            f"- {name}: max |logit diff| {r['max_abs_logit_diff']:.2e}, argmax agreement "
+            f"{r['argmax_agreement']:.2%}, accuracy {r['accuracy']:.4f}"
+            for name, r in result["parity"].items()
+        ]
+    if result.get("narrow_table"):
+        lines += ["", "Narrow students, both distilled with the same recipe, test accuracy per seed:", ""]
+        lines.append(result["narrow_table"])
+    if result.get("goals"):
+        lines += ["", "#### Goals", ""] + result["goals"]
+    return "\n".join(lines) + "\n"
+
+
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 
@@ -639,6 +664,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "narrow_table": narrow_table,
         "goals": goals,
         "load_average": {"before": list(load_before), "after": list(load_after)},
+        "machine": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPU cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "quick": args.quick,
         "test_examples": len(texts),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -278,17 +278,109 @@ def _arrow_column(dataset: Any, name: str) -> Any:
 
 def input_stats(dataset: Any) -> tuple[int, int] | None:
     """(longest input_ids, largest token id) of a `datasets.Dataset`, read from Arrow without a Python loop."""
-    column = _arrow_column(dataset, "input_ids")
-    if column is None or len(column) == 0:
+    extremes = input_extremes(dataset)
+    if extremes is None:
         return None
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    return extremes["longest"][0], extremes["largest"][0]
 
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+
+# Rows of a dataset without an Arrow table (a list, a torch Dataset) read by the data checks: all of them up to this
+# many, else this many evenly spaced.
+SAMPLED_ROWS = 2048
+
+
+def sampled_rows(dataset: Any, limit: int | None = None) -> list[int]:
+    """Indices of the rows of a sized, indexable dataset that the data checks read (at most `limit`, by default
+    `SAMPLED_ROWS`); [] when it is neither."""
+    limit = SAMPLED_ROWS if limit is None else limit
+    if dataset is None or not hasattr(dataset, "__getitem__"):
+        return []
+    try:
+        n = len(dataset)
+    except TypeError:  # an iterable dataset: nothing to index
+        return []
+    if n <= limit:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (limit - 1)) for k in range(limit)})
+
+
+def _flat_ints(value: Any) -> list[int] | None:
+    """The integers of a scalar, list, numpy array or tensor, flattened; None for anything else (floats included)."""
+    if hasattr(value, "tolist"):  # a tensor or a numpy array
+        value = value.tolist()
+    if isinstance(value, bool):
         return None
-    longest = pc.max(pc.list_value_length(column)).as_py() or 0
-    largest = pc.max(pc.list_flatten(column)).as_py()
-    return int(longest), int(largest) if largest is not None else -1
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        out: list[int] = []
+        for item in value:
+            flat = _flat_ints(item)
+            if flat is None:
+                return None
+            out += flat
+        return out
+    return None
+
+
+def _row(dataset: Any, index: int) -> Mapping[str, Any] | None:
+    try:
+        row = dataset[index]
+    except Exception:  # noqa: BLE001 -- not indexable by position: the sampled checks do not apply
+        return None
+    return row if isinstance(row, Mapping) else None
+
+
+def input_extremes(dataset: Any) -> dict[str, Any] | None:
+    """{"longest", "largest", "smallest"}: (value, row) of the input_ids lengths and token ids, and "complete":
+    whether every row was read.
+
+    Read from Arrow for a `datasets.Dataset` (every row, no Python loop), else from `sampled_rows` of a list or a
+    torch Dataset whose rows are mappings with input_ids. None when there is nothing to read.
+    """
+    column = _arrow_column(dataset, "input_ids")
+    if column is not None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if len(column) == 0 or not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            return None
+        lengths = pc.list_value_length(column)
+        longest = pc.max(lengths).as_py() or 0
+        out: dict[str, Any] = {
+            "longest": (int(longest), int(pc.index(lengths, longest).as_py())),
+            "complete": True,
+        }
+        flat = pc.list_flatten(column)
+        if len(flat) == 0:
+            return {**out, "largest": (-1, 0), "smallest": (0, 0)}
+        parents = pc.list_parent_indices(column)
+        for key, value in (("largest", pc.max(flat).as_py()), ("smallest", pc.min(flat).as_py())):
+            out[key] = (int(value), int(parents[pc.index(flat, value).as_py()].as_py()))
+        return out
+    found: dict[str, Any] = {}
+    rows = sampled_rows(dataset)
+    for index in rows:
+        row = _row(dataset, index)
+        if row is None or "input_ids" not in row:
+            return None
+        value = row["input_ids"]
+        ids = _flat_ints(value)
+        if ids is None:
+            return None
+        length = value.shape[-1] if hasattr(value, "shape") else len(value)
+        if length > found.get("longest", (-1, 0))[0]:
+            found["longest"] = (int(length), index)
+        if ids and max(ids) > found.get("largest", (-1, 0))[0]:
+            found["largest"] = (max(ids), index)
+        if ids and min(ids) < found.get("smallest", (0, 0))[0]:
+            found["smallest"] = (min(ids), index)
+    if "longest" not in found:
+        return None
+    found.setdefault("largest", (-1, 0))
+    found.setdefault("smallest", (0, 0))
+    found["complete"] = len(rows) == len(dataset)
+    return found
 
 
 def check_inputs_fit(
@@ -296,31 +388,39 @@ def check_inputs_fit(
     models: Sequence[tuple[str, nn.Module]],
     tokenizer: Any = None,
     max_length: int | None = None,
+    what: str = "the training data",
 ) -> None:
     """Token ids inside every model's vocabulary and lengths within every model's position table.
 
-    The data is checked when it is a `datasets.Dataset` with an input_ids column (its longest row and largest
-    id, both read from Arrow). An id or a position past a table would otherwise fail deep inside an embedding
-    lookup ("index out of range in self") at the first batch that holds it, maybe hours into a run.
+    The data is checked when it has input_ids: a `datasets.Dataset` in full (its longest row and its smallest and
+    largest ids, read from Arrow), a list or torch Dataset on `sampled_rows`. An id or a position past a table would
+    otherwise fail deep inside an embedding lookup ("index out of range in self") at the first batch that holds
+    it, maybe hours into a run. `what` names the dataset in the message.
     """
-    stats = input_stats(dataset)
+    extremes = input_extremes(dataset)
     for role, model in models:
         limit = position_limit(model)
         vocab = getattr(_config(model), "vocab_size", None)
-        if stats is not None:
-            longest, largest = stats
+        if extremes is not None:
+            (longest, long_row), (largest, large_row) = extremes["longest"], extremes["largest"]
+            smallest, small_row = extremes["smallest"]
             if limit is not None and longest > limit:
                 raise DistillationConfigError(
-                    f"the training data holds input_ids of length {longest}, but the {role} "
-                    f"({type(model).__name__}) has position embeddings for {limit} tokens: tokenize with "
+                    f"{what} holds input_ids of length {longest}, but the {role} ({type(model).__name__}) has "
+                    f"position embeddings for {limit} tokens (first at row {long_row}): tokenize with "
                     f"truncation=True, max_length={limit} (or a model with a longer position table)"
                 )
             if vocab is not None and largest >= vocab:
                 raise DistillationConfigError(
-                    f"the training data holds token id {largest}, but the {role}'s vocabulary has {vocab} "
-                    f"tokens (ids 0..{vocab - 1}): teacher and student read the same input_ids, so both need "
+                    f"{what} holds token id {largest}, but the {role}'s vocabulary has {vocab} tokens (ids "
+                    f"0..{vocab - 1}; first at row {large_row}): teacher and student read the same input_ids, so both need "
                     "the tokenizer the data was made with; resize the embeddings or build the student from the "
                     "teacher (hf_kd.make_student)"
+                )
+            if smallest < 0:
+                raise DistillationConfigError(
+                    f"{what} holds token id {smallest} (row {small_row}) in input_ids: token ids are >= 0 (padding "
+                    "is the tokenizer's pad id, not -100, which only labels use); re-tokenize the data"
                 )
         if limit is None:
             continue
@@ -328,13 +428,13 @@ def check_inputs_fit(
         tok_max = getattr(tokenizer, "model_max_length", None)
         if isinstance(tok_max, int) and tok_max < 1_000_000:  # transformers' "no limit" sentinel is ~1e30
             configured.append(("the tokenizer's model_max_length", tok_max))
-        for what, value in configured:
-            if value is not None and value > limit and stats is None:
-                # Without the data in hand, a longer configured length is only a risk, not a fact.
+        for setting, value in configured:
+            if value is not None and value > limit and not (extremes or {}).get("complete"):
+                # Without all the data in hand, a longer configured length is only a risk, not a fact.
                 logger.warning(
                     "%s=%d exceeds the %s's position limit of %d tokens: longer inputs will fail in the "
                     "embedding lookup; tokenize with max_length<=%d.",
-                    what,
+                    setting,
                     value,
                     role,
                     limit,
@@ -376,7 +476,7 @@ def check_cached_logits(dataset: Any, student: nn.Module, task: str, samples: in
                 )
 
 
-def check_dataset_label_names(dataset: Any, student: nn.Module) -> None:
+def check_dataset_label_names(dataset: Any, student: nn.Module, what: str = "the training data") -> None:
     """A `ClassLabel` column encodes class i as its i-th name; the student's id2label must say the same."""
     features = getattr(dataset, "features", None)
     s_names = _label_names(_config(student))
@@ -386,11 +486,139 @@ def check_dataset_label_names(dataset: Any, student: nn.Module) -> None:
         names = getattr(features.get(column), "names", None)  # only a ClassLabel has names
         if names and list(names) != s_names:
             raise DistillationConfigError(
-                f"the training data's {column!r} column encodes the classes as {list(names)} but the student's "
+                f"{what}'s {column!r} column encodes the classes as {list(names)} but the student's "
                 f"id2label is {s_names}: the student would learn class {names[0]!r} under the name "
                 f"{s_names[0]!r}. Build the student (and teacher) with id2label={dict(enumerate(names))}, or "
                 f"re-encode the column with dataset.align_labels_with_mapping(label2id, {column!r})"
             )
+
+
+IGNORE_INDEX = -100
+LABEL_COLUMNS = ("labels", "label", "label_ids")
+
+
+def label_range(student: nn.Module, task: str) -> tuple[int, str] | None:
+    """(number of valid label ids, what they are) for the student's head, or None when labels are not class ids
+    (regression, multi-label, question answering, a generic model)."""
+    config = _config(student)
+    if task in ("mlm", "causal"):
+        vocab = getattr(config, "vocab_size", None)
+        return (int(vocab), "vocabulary ids") if vocab else None
+    if task not in ("sequence", "token"):
+        return None
+    n = getattr(config, "num_labels", None)
+    if (
+        not n
+        or n < 2
+        or getattr(config, "problem_type", None) in ("regression", "multi_label_classification")
+    ):
+        return None
+    names = _label_names(config)
+    shown = f" {names}" if names and not _is_default_label_names(names) else ""
+    return int(n), f"classes{shown}"
+
+
+def _label_column_values(dataset: Any, column: str) -> tuple[Any, Any] | None:
+    """(flat pyarrow integer values, their row of each) of a label column read from Arrow, or None."""
+    values = _arrow_column(dataset, column)
+    if values is None or len(values) == 0:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = None
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        rows = pc.list_parent_indices(values)
+        values = pc.list_flatten(values)
+    if not pa.types.is_integer(values.type):
+        return None
+    if rows is None:
+        rows = pa.array(range(len(values)))
+    return values, rows
+
+
+def check_label_range(dataset: Any, student: nn.Module, task: str, what: str = "the training data") -> None:
+    """Every label a valid id for the student's head (0..n-1, or -100 to leave an item out of the loss).
+
+    Read from Arrow for a `datasets.Dataset` (every row), else from `sampled_rows`. A label of 7 with 3 classes,
+    or -1 where only -100 is ignored, would otherwise fail with an IndexError steps into the run.
+    """
+    spec = label_range(student, task)
+    if spec is None or dataset is None:
+        return
+    n, kind = spec
+    columns = dataset_columns(dataset)
+    bad: tuple[str, int, int] | None = None
+    if columns is not None and _arrow_column(dataset, columns[0]) is not None:
+        import pyarrow.compute as pc
+
+        for column in [c for c in LABEL_COLUMNS if c in columns]:
+            read = _label_column_values(dataset, column)
+            if read is None:
+                continue
+            values, rows = read
+            wrong = pc.and_(
+                pc.not_equal(values, IGNORE_INDEX),
+                pc.or_(pc.less(values, 0), pc.greater_equal(values, n)),
+            )
+            first = pc.index(wrong, True).as_py()
+            if first is not None and first >= 0:
+                bad = (column, int(values[first].as_py()), int(rows[first].as_py()))
+                break
+    else:
+        for index in sampled_rows(dataset):
+            row = _row(dataset, index)
+            if row is None:
+                return
+            for column in [c for c in LABEL_COLUMNS if c in row]:
+                for value in _flat_ints(row[column]) or []:
+                    if value != IGNORE_INDEX and not 0 <= value < n:
+                        bad = (column, value, index)
+                        break
+                if bad:
+                    break
+            if bad:
+                break
+    if bad is None:
+        return
+    column, value, row_index = bad
+    hint = (
+        f"; {value} is not the ignore index: mark an example or token to leave out of the loss with -100"
+        if value < 0
+        else f", or give the student (and teacher) {value + 1} or more labels if the data is right"
+    )
+    raise DistillationConfigError(
+        f"{what} holds label {value} in column {column!r} at row {row_index}, but the student's {task} head has "
+        f"{n} {kind} (ids 0..{n - 1}, and -100 for an ignored item): re-encode the labels with the student's "
+        f"label2id{hint}"
+    )
+
+
+def check_teacher_available(dataset: Any, teachers: Sequence[nn.Module], what: str) -> None:
+    """With no live teacher, every dataset the trainer reads must carry cached teacher outputs."""
+    if teachers or dataset is None:
+        return
+    from .teacher import TEACHER_COLUMNS
+
+    columns = dataset_columns(dataset)
+    if columns is None:
+        rows = sampled_rows(dataset, limit=1)
+        row = _row(dataset, rows[0]) if rows else None
+        columns = list(row) if row is not None else None
+    if columns is not None and not any(c in columns for c in TEACHER_COLUMNS):
+        raise DistillationConfigError(
+            f"{what} carries no cached teacher outputs (columns: {columns}) and no teacher_model was given, so "
+            "the KD term cannot be computed on it: cache the teacher on it too (hf_kd.cache_teacher_outputs("
+            "teacher, dataset)), or pass teacher_model=..."
+        )
+
+
+def _eval_datasets(eval_dataset: Any) -> list[tuple[str, Any]]:
+    if eval_dataset is None:
+        return []
+    if isinstance(eval_dataset, Mapping):
+        return [(f"the eval data {name!r}", data) for name, data in eval_dataset.items()]
+    return [("the eval data", eval_dataset)]
 
 
 def check_setup(
@@ -402,8 +630,13 @@ def check_setup(
     student_tokenizer: Any = None,
     teacher_tokenizer: Any = None,
     optimizer: Any = None,
+    eval_dataset: Any = None,
 ) -> None:
-    """Every construction-time check that needs more than a teacher/student pair; called by the trainer."""
+    """Every construction-time check that needs more than a teacher/student pair; called by the trainer.
+
+    The data checks (lengths, token ids, labels, cached outputs, teacher availability) run on the training data and
+    on every eval dataset alike (`eval_dataset` may be a dict of them), so a bad row fails here, before step 1,
+    not at the first evaluation."""
     for teacher in teachers:
         t_tok = teacher_tokenizer if teacher_tokenizer is not None else getattr(teacher, "tokenizer", None)
         check_tokenizers(student_tokenizer, t_tok)
@@ -416,6 +649,13 @@ def check_setup(
     models = [("student", student)] + [
         ("teacher" if len(teachers) == 1 else f"teacher {i}", t) for i, t in enumerate(teachers)
     ]
-    check_inputs_fit(train_dataset, models, student_tokenizer, getattr(args, "max_length", None))
-    check_cached_logits(train_dataset, student, task)
-    check_dataset_label_names(train_dataset, student)
+    datasets = [("the training data", train_dataset)] + _eval_datasets(eval_dataset)
+    for what, dataset in datasets:
+        if dataset is None:
+            continue
+        if what != "the training data":  # the trainer itself refuses training data without a teacher
+            check_teacher_available(dataset, teachers, what)
+        check_inputs_fit(dataset, models, student_tokenizer, getattr(args, "max_length", None), what)
+        check_label_range(dataset, student, task, what)
+        check_cached_logits(dataset, student, task)
+        check_dataset_label_names(dataset, student, what)

@@ -324,11 +324,17 @@ def test_length_check_sees_rows_selected_from_a_longer_dataset(tmp_out):
         _trainer(tmp_out, tiny_model(seed=0), tiny_model(seed=1), mixed.select(range(10)))
 
 
-def test_tokenizer_max_length_beyond_the_position_table_warns_when_the_data_cannot_be_read(tmp_out, caplog):
-    # A plain list of examples has no Arrow column to measure: the tokenizer's model_max_length is then the only
-    # hint, and longer inputs are possible but not certain, so it is a warning.
+def test_tokenizer_max_length_beyond_the_position_table_warns_when_the_data_cannot_be_read(
+    tmp_out, caplog, monkeypatch
+):
+    # A plain list of examples has no Arrow column to measure, and only a sample of its rows is read (4 of 8 here):
+    # the tokenizer's model_max_length is then the only hint, and longer inputs are possible but not certain, so
+    # it is a warning.
     import logging
 
+    import hf_kd.validation
+
+    monkeypatch.setattr(hf_kd.validation, "SAMPLED_ROWS", 4)
     rows = tiny_classification_dataset(8)
     examples = [rows[i] for i in range(len(rows))]
     tokenizer = _tokenizer("s", WORDS)
@@ -361,6 +367,7 @@ def test_cached_logits_with_another_number_of_classes_are_refused(tmp_out):
     from hf_kd import cache_teacher_outputs
 
     dataset = cache_teacher_outputs(tiny_model(seed=1), tiny_classification_dataset(8), device="cpu")
+    dataset = dataset.map(lambda row: {"labels": row["labels"] % 2})  # labels valid for the 2-class student
     student = tiny_model(seed=0, num_labels=2)
     with pytest.raises(DistillationConfigError, match="3 classes but the student has 2"):
         _trainer(tmp_out, student, None, dataset, alpha=1.0)
