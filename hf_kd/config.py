@@ -147,7 +147,13 @@ class DistillationConfig(TrainingArguments):
             when they differ: `xavier` or `identity` (identity on the overlapping block).
         nonfinite_policy (`str`, defaults to `"raise"`):
             What to do when teacher or student logits hold NaN or inf: `raise` stops with an error naming
-            the step and batch; `skip` drops that micro-batch from the update and counts it in the logs.
+            the step and micro-batch; `skip` skips that whole optimizer step (no update on any process) and
+            counts it in the logs.
+        nonfinite_max_consecutive_skips (`int`, defaults to `3`):
+            With `skip`, the run stops with the `raise` error after this many skipped steps in a row.
+        nonfinite_max_skip_fraction (`float`, defaults to `0.1`):
+            With `skip`, the run stops once more than this fraction of the planned steps (and more than one
+            step) were skipped.
         teacher_cache_check (`bool`, defaults to `True`):
             When both a live teacher and cached teacher logits are given, check the cache's teacher
             fingerprint against the live teacher before training.
@@ -226,9 +232,23 @@ class DistillationConfig(TrainingArguments):
     nonfinite_policy: str = field(
         default="raise",
         metadata={
-            "help": "On NaN/inf logits: 'raise' stops with the step and batch; 'skip' drops the micro-batch "
-            "and counts it in the logs.",
+            "help": "On NaN/inf logits: 'raise' stops with the step and micro-batch; 'skip' skips that whole "
+            "optimizer step (on every process) and counts it in the logs.",
             "choices": list(NONFINITE_POLICIES),
+        },
+    )
+    nonfinite_max_consecutive_skips: int = field(
+        default=3,
+        metadata={
+            "help": "nonfinite_policy='skip' stops the run (as 'raise' would) after this many skipped optimizer "
+            "steps in a row: the run has diverged."
+        },
+    )
+    nonfinite_max_skip_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "nonfinite_policy='skip' stops the run once more than this fraction of the planned optimizer "
+            "steps (and more than one) were skipped."
         },
     )
     teacher_cache_check: bool = field(
@@ -295,6 +315,13 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"nonfinite_policy={self.nonfinite_policy!r} is not one of {list(NONFINITE_POLICIES)}"
             )
+        if int(self.nonfinite_max_consecutive_skips) < 1:
+            raise ValueError(
+                f"nonfinite_max_consecutive_skips={self.nonfinite_max_consecutive_skips} must be >= 1 (the number "
+                "of skipped optimizer steps in a row after which the run stops)"
+            )
+        if not 0.0 <= float(self.nonfinite_max_skip_fraction) <= 1.0:
+            raise ValueError(f"nonfinite_max_skip_fraction={self.nonfinite_max_skip_fraction} is outside [0, 1]")
         if self.projection_init not in ("xavier", "identity"):
             raise ValueError(f"projection_init={self.projection_init!r} is not one of ['xavier', 'identity']")
         for name in ("hidden_weight", "attention_weight", "embedding_weight"):

@@ -70,7 +70,7 @@ class DemoSettings:
     onnx: bool = True
 
 
-# About 8 minutes on 2 free CPU cores (FACTS.md: ~2.2 s per teacher step and ~1.3 s per distillation step at
+# About 8 minutes on 2 free CPU cores (measured: ~2.2 s per teacher step and ~1.3 s per distillation step at
 # batch 32, length 128): teacher 2 x 49 steps, distilled student 98 steps, baseline 98 steps, plus evaluation.
 # Chosen from a sweep on this split (3 student seeds each, test accuracy means): a teacher trained 1 epoch at
 # 5e-4 reached only 0.962, below the 2-layer students trained 3 epochs from its layers (0.98), and distilling from
@@ -500,15 +500,11 @@ def _onnx_rows(
 
 
 def _without_projections(model: Any) -> Any:
-    """The student as it is saved and deployed: without the training-only hidden-size projections (only present
-    when student and teacher widths differ)."""
-    from .layer_map import PROJECTIONS_ATTR
+    """A copy of the student as it is saved and deployed: without the training-only hidden-size projections."""
+    from .layer_map import without_projections
 
-    if not hasattr(model, PROJECTIONS_ATTR):
-        return model
-    stripped = copy.deepcopy(model)
-    delattr(stripped, PROJECTIONS_ATTR)
-    return stripped
+    with without_projections(model):
+        return copy.deepcopy(model)
 
 
 def _write_card(

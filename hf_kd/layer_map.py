@@ -6,13 +6,34 @@ so a mapping {student_layer: teacher_layer} indexes `hidden_states` directly and
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 PROJECTIONS_ATTR = "hf_kd_projections"
 PROJECTIONS_FILE = "hf_kd_projections.safetensors"
+
+
+# The projections exist only for training. These two are the one rule for leaving them out of a student that is
+# saved, pushed, measured or exported.
+def strip_projections(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A student's state dict without the training-only projections."""
+    return {k: v for k, v in state_dict.items() if PROJECTIONS_ATTR not in k}
+
+
+@contextmanager
+def without_projections(model: nn.Module) -> Iterator[nn.Module]:
+    """The student with its projections taken off for the duration (and put back after)."""
+    saved = model._modules.pop(PROJECTIONS_ATTR, None)
+    try:
+        yield model
+    finally:
+        if saved is not None:
+            model._modules[PROJECTIONS_ATTR] = saved
 
 
 def resolve_layer_map(

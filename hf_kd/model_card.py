@@ -231,24 +231,6 @@ def _measure(model: Any, name: str, batch_sizes: tuple[int, ...], seq_len: int) 
     return measurement
 
 
-class _WithoutProjections:
-    """Takes the training-only hidden-size projections off the student while it is measured, so the card
-    counts the parameters that are published (the projections are never saved with the student)."""
-
-    def __init__(self, model: Any) -> None:
-        from .layer_map import PROJECTIONS_ATTR
-
-        self.model, self.attr, self.saved = model, PROJECTIONS_ATTR, None
-
-    def __enter__(self) -> Any:
-        self.saved = self.model._modules.pop(self.attr, None)
-        return self.model
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.saved is not None:
-            self.model._modules[self.attr] = self.saved
-
-
 def _evaluate_teacher(trainer: Any, teacher: Any) -> dict[str, float]:
     """The teacher's metrics on the trainer's eval_dataset with the same compute_metrics, via a plain Trainer."""
     from transformers import Trainer, TrainingArguments
@@ -383,7 +365,9 @@ def create_distillation_model_card(
             latency_seq_len = min(latency_seq_len, limit)
     measurements: dict[str, Any] = {}
     if measure:
-        with _WithoutProjections(student):
+        from .layer_map import without_projections
+
+        with without_projections(student):
             measurements["student"] = _measure(
                 student, "student", tuple(latency_batch_sizes), latency_seq_len
             )

@@ -25,7 +25,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from .config import DistillationConfig
@@ -37,17 +36,6 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "hidden_weight": [0.0, 1.0],
 }
 STUDY_NAME = "hf-kd-tune"
-
-
-def accuracy_metrics(eval_pred: Any) -> dict[str, float]:
-    """`compute_metrics` giving `accuracy`: argmax of the logits against the labels (-100 ignored)."""
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    predictions = np.asarray(logits).argmax(-1)
-    labels = np.asarray(labels)
-    keep = labels != -100
-    return {"accuracy": float((predictions[keep] == labels[keep]).mean())}
 
 
 def make_hp_space(search_space: Mapping[str, Any] | Callable[[Any], dict[str, Any]] | None) -> Callable:
@@ -150,7 +138,7 @@ def tune_distillation(
         n_trials: number of optuna trials.
         search_space: dict (see module docstring) or `trial -> dict`; default `DEFAULT_SEARCH_SPACE`
             (T in {1, 2, 4, 8}, alpha in [0.2, 0.9], hidden_weight in {0, 1}).
-        compute_metrics: default `accuracy_metrics` (gives `eval_accuracy`).
+        compute_metrics: default `hf_kd.metrics.compute_classification_metrics` (`eval_accuracy`, `eval_f1`).
         direction / metric: optimise `metric` of `evaluate()` in this direction.
         seed: seed of optuna's TPE sampler (default `args.seed`), so a search repeats.
         trainer_kwargs: passed to `DistillationTrainer` (data_collator, processing_class, callbacks, ...).
@@ -170,7 +158,7 @@ def tune_distillation(
         raise ValueError("tuning scores each trial on the validation split: pass eval_dataset=...")
     hp_space = make_hp_space(search_space)
     if compute_metrics is None:
-        compute_metrics = accuracy_metrics
+        from .metrics import compute_classification_metrics as compute_metrics
 
     def objective(metrics: dict[str, float]) -> float:
         if metric not in metrics:

@@ -13,33 +13,13 @@ from typing import Any
 
 from torch import nn
 
+from .heads import TOKEN_LEVEL_TASKS, infer_task  # noqa: F401  (the head table owns them; re-exported)
+
 logger = logging.getLogger(__name__)
 
 
 class DistillationConfigError(ValueError):
     """A teacher/student/data combination that cannot be distilled as configured."""
-
-
-TOKEN_LEVEL_TASKS = ("token", "mlm", "causal")
-
-
-def infer_task(model: nn.Module) -> str:
-    """The head type, from the model's class name: sequence, token, qa, mlm, causal or generic."""
-    base = model
-    if hasattr(model, "get_base_model"):  # a peft model
-        base = model.get_base_model()
-    name = type(base).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "sequence"
-    if name.endswith("ForTokenClassification"):
-        return "token"
-    if name.endswith("ForQuestionAnswering"):
-        return "qa"
-    if name.endswith("ForMaskedLM") or name.endswith("ForPreTraining"):
-        return "mlm"
-    if name.endswith("ForCausalLM"):
-        return "causal"
-    return "generic"
 
 
 def _config(model: nn.Module) -> Any:
@@ -659,3 +639,41 @@ def check_setup(
         check_label_range(dataset, student, task, what)
         check_cached_logits(dataset, student, task)
         check_dataset_label_names(dataset, student, what)
+
+
+def check_teacher_sources(teachers: Sequence[nn.Module], uses_cache: bool, args: Any, train_dataset: Any) -> None:
+    """Where the teacher's targets come from: live teachers, a cache, or both, and whether they fit the loss."""
+    if not teachers and not uses_cache:
+        raise DistillationConfigError(
+            "teacher_model is missing: pass teacher_model=<a trained model> (or a list of teachers), or a "
+            "train_dataset carrying cached teacher logits from hf_kd.cache_teacher_outputs"
+        )
+    if args.uses_intermediate_layers and not teachers:
+        raise DistillationConfigError(
+            "hidden_weight/attention_weight/embedding_weight > 0 need a live teacher (cached logits hold "
+            "no hidden states or attentions): pass teacher_model=..., or set those weights to 0 to distil "
+            "from the cached logits alone"
+        )
+    if args.uses_intermediate_layers and len(teachers) > 1:
+        raise DistillationConfigError(
+            f"intermediate-layer losses match one teacher's layers, but {len(teachers)} teachers were "
+            "given: distil logits from the ensemble (hidden/attention/embedding weights 0), or pass one"
+        )
+    if uses_cache and len(teachers) > 1:
+        # A cached batch takes its cached logits over a live forward, so the ensemble would be silently ignored.
+        raise DistillationConfigError(
+            f"train_dataset carries cached teacher outputs (from one teacher), but {len(teachers)} teachers "
+            "were given and the cache would replace the ensemble: remove the teacher columns "
+            "(dataset.remove_columns([...])) to distil from the live ensemble, or pass a single teacher_model"
+        )
+    if uses_cache and teachers and args.teacher_cache_check:
+        from .cache import read_cache_metadata, teacher_fingerprint
+
+        meta = read_cache_metadata(train_dataset)
+        if meta and meta.get("teacher_fingerprint") not in (None, teacher_fingerprint(teachers[0])):
+            raise DistillationConfigError(
+                "the cached teacher logits in train_dataset were made by a different teacher (weights "
+                f"fingerprint {meta.get('teacher_fingerprint')} != {teacher_fingerprint(teachers[0])}): "
+                "recompute them with hf_kd.cache_teacher_outputs(teacher, dataset), or pass "
+                "teacher_cache_check=False if the difference is intended"
+            )

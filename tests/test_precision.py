@@ -220,17 +220,17 @@ def _finite_logged_losses(trainer) -> list[dict]:
 
 @pytest.mark.slow
 def test_bf16_autocast_on_cpu_trains_with_kd_math_in_float32(tmp_out, monkeypatch):
-    import hf_kd.trainer as trainer_module
+    import hf_kd.objective as objective_module
 
     seen = []
-    original = trainer_module.soft_target_loss
+    original = objective_module.soft_target_loss
 
     def spy(student_logits, teacher_logits=None, *args, **kwargs):
         value = original(student_logits, teacher_logits, *args, **kwargs)
         seen.append((teacher_logits.dtype, value.dtype))
         return value
 
-    monkeypatch.setattr(trainer_module, "soft_target_loss", spy)
+    monkeypatch.setattr(objective_module, "soft_target_loss", spy)
     trainer = _trainer(tmp_out, bf16=True)
     inside = []
     trainer.model.classifier.register_forward_hook(lambda module, args, out: inside.append(out.dtype))

@@ -53,7 +53,9 @@ def fixed_batch(labels_kind="sequence", seed=0, B=3, L=7, C=3):
 
 
 def kl_rows(s, t, T):
-    """T^2 * KL(softmax(t/T) || softmax(s/T)) per row, via torch's kl_div (an independent implementation)."""
+    """T^2 * KL(softmax(t/T) || softmax(s/T)) per row, via torch's kl_div (an independent implementation), in
+    float64: for nearly equal distributions float32 kl_div's own rounding reaches 1e-4 of the value."""
+    s, t = s.double(), t.double()
     return (
         F.kl_div(
             torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), reduction="none", log_target=True

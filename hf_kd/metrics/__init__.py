@@ -64,14 +64,18 @@ def load_classification_metrics(names: tuple[str, ...] = CLASSIFICATION_METRICS)
 def compute_classification_metrics(eval_pred: Any) -> dict[str, float]:
     """`compute_metrics` for `Trainer`: accuracy and macro F1 of the argmax of the logits.
 
-    Accepts a `transformers.EvalPrediction` or a `(predictions, label_ids)` pair; logits of shape (N, C).
+    Accepts a `transformers.EvalPrediction` or a `(predictions, label_ids)` pair; logits of shape (N, C), or
+    (N, L, C) for token-level heads, where positions labelled -100 are left out.
     """
     predictions, labels = eval_pred[0], eval_pred[1]
     if isinstance(predictions, tuple):  # models that also return hidden states: logits come first
         predictions = predictions[0]
     predictions = np.asarray(predictions)
-    if predictions.ndim > 1:
+    labels = np.asarray(labels)
+    if predictions.ndim > labels.ndim:
         predictions = predictions.argmax(-1)  # (N, C) -> (N,)
+    keep = labels != -100
+    predictions, labels = predictions[keep], labels[keep]
     metrics = load_classification_metrics()
-    result = metrics.compute(predictions=predictions.tolist(), references=np.asarray(labels).tolist())
+    result = metrics.compute(predictions=predictions.tolist(), references=labels.tolist())
     return {name: float(value) for name, value in result.items()}
