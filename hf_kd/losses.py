@@ -260,3 +260,52 @@ def attention_loss(
         per_query = sq.mean(-1)
     per_query = per_query.mean(dim=1)  # (B, L)
     return _reduce(per_query, mask, reduction)
+
+
+def regression_kd_loss(student_outputs: Tensor, teacher_outputs: Tensor, reduction: str = "mean") -> Tensor:
+    """Squared distance between student and teacher outputs of a regression head, per example.
+
+    outputs: (B, D) or (B,). Per example the mean over D of (s - t)^2. A regression output is a value, not a
+    distribution, so there is no temperature here (and no T^2 factor).
+    """
+    s = student_outputs.float().reshape(student_outputs.shape[0], -1)  # (B, D)
+    t = teacher_outputs.float().reshape(s.shape)
+    return _reduce((s - t).pow(2).mean(-1), None, reduction)
+
+
+def regression_hard_loss(outputs: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Squared error against float labels, per example the mean over output dims (transformers' MSELoss)."""
+    s = outputs.float().reshape(outputs.shape[0], -1)  # (B, D)
+    return _reduce((s - labels.float().reshape(s.shape)).pow(2).mean(-1), None, reduction)
+
+
+def _binary_log_probs(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    z = logits.float() / temperature
+    return F.logsigmoid(z), F.logsigmoid(-z)  # log p, log (1 - p)
+
+
+def sigmoid_kd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 2.0, reduction: str = "mean"
+) -> Tensor:
+    """T^2 * binary KL(sigmoid(t / T) || sigmoid(s / T)) per label, averaged over labels, per example.
+
+    Multi-label heads score each label on its own, so each label is a two-class distribution; its KL gets the
+    same T^2 factor as the softmax term. logits: (B, C).
+    """
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher logits {tuple(teacher_logits.shape)} and student logits {tuple(student_logits.shape)} "
+            "differ in shape: the two models must share the label set"
+        )
+    s_pos, s_neg = _binary_log_probs(student_logits, temperature)
+    t_pos, t_neg = _binary_log_probs(teacher_logits, temperature)
+    per_label = t_pos.exp() * (t_pos - s_pos) + t_neg.exp() * (t_neg - s_neg)  # (B, C)
+    # Float cancellation can leave a tiny negative value where the two distributions agree; KL is >= 0.
+    per_example = per_label.clamp_min(0.0).mean(-1) * temperature**2
+    return _reduce(per_example, None, reduction)
+
+
+def multi_label_hard_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy with 0/1 (or soft) labels, per example the mean over labels."""
+    per_label = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+    return _reduce(per_label.mean(-1), None, reduction)
