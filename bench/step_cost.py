@@ -3,6 +3,7 @@ and the end-to-end wall time of a 3-epoch distillation with each of hf-kd's spee
 
     python bench/step_cost.py            # fine-tuned MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, len 128
     python bench/step_cost.py --quick    # tiny sizes: checks every path in a few minutes (figures meaningless)
+    python bench/step_cost.py --precision   # teacher_dtype="auto" only: its decision and live step vs Trainer
 
 Per-step methods (all on the same fixed batches, the same teacher-initialised student, the same loss
 `alpha * T^2 * KL + (1 - alpha) * CE`, the same fused AdamW that `Trainer` builds, gradient clipping at 1.0):
@@ -195,17 +196,24 @@ class Setting:
                 callbacks=[Gate()],
             )
         else:
+            teacher, extra = self.teacher, {}
+            if method == "hfkd_live_auto":
+                # What teacher_dtype="auto" decides (resolve_teacher_dtype on the first batch), on a copy: the
+                # cast happens in place and the float32 methods share self.teacher.
+                extra = {"teacher_dtype": self.auto_precision.as_dict()["teacher_dtype"]}
+                teacher = copy.deepcopy(self.teacher)
             args = DistillationConfig(
                 **common,
                 temperature=TEMPERATURE,
                 alpha=ALPHA,
                 hidden_weight=HIDDEN_WEIGHT if method == "hfkd_hidden" else 0.0,
+                **extra,
             )
             cached = method.startswith("hfkd_cached")
             trainer = DistillationTrainer(
                 model=student,
                 args=args,
-                teacher_model=None if cached else self.teacher,
+                teacher_model=None if cached else teacher,
                 train_dataset=self.cached_burst if cached else self.burst_dataset,
                 processing_class=self.tokenizer,
                 callbacks=[Gate()],
@@ -694,6 +702,96 @@ def run(
     }
 
 
+def precision_run(
+    quick: bool = False,
+    rounds: int | None = None,
+    warmup: int | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    log: Any = print,
+) -> dict[str, Any]:
+    """teacher_dtype="auto" on this machine: what `resolve_teacher_dtype` decides on the first training batch, the
+    live-teacher KD step with that teacher against a plain fine-tuning step and against the float32 teacher
+    (interleaved, one step per method per round, order rotating), and the teacher's test accuracy in both dtypes."""
+    from hf_kd.teacher import resolve_teacher_dtype
+
+    quiet_transformers()
+    rounds = rounds or (5 if quick else 24)
+    warmup = warmup or (1 if quick else 3)
+    info = machine_info()
+    setting = Setting(quick, batch_size, max_length, log=log)
+    setting.auto_precision = resolve_teacher_dtype(setting.teacher, setting.batches[0], "cpu")
+    log(f"teacher precision: {setting.auto_precision.reason}")
+    half = copy.deepcopy(setting.teacher).to(setting.auto_precision.dtype)
+    test = setting.tokenized["test"]
+    with torch.inference_mode():
+        accuracy = {
+            "float32": test_accuracy(setting.teacher, test, setting.tokenizer),
+            "auto": test_accuracy(half, test, setting.tokenizer),
+        }
+    del half
+    steppers = {m: setting.trainer_stepper(m, rounds) for m in ("hfkd_live_auto", "hfkd_live", "trainer")}
+    names = list(steppers)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    try:
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                seconds = steppers[name].step()
+                if r >= warmup:
+                    samples[name].append(seconds)
+            if (r + 1) % 5 == 0 or r + 1 == rounds:
+                log(f"precision: round {r + 1}/{rounds} done")
+    finally:
+        for stepper in steppers.values():
+            stepper.close()
+    return {
+        "machine": info,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_before": load_before,
+        "settings": {
+            "batch_size": setting.batch_size,
+            "max_length": setting.spec.max_length,
+            "rounds": rounds,
+            "warmup": warmup,
+            "test_examples": len(test),
+        },  # fmt: skip
+        "precision": setting.auto_precision.as_dict(),
+        "teacher_test_accuracy": accuracy,
+        "step_seconds": {name: median(values) for name, values in samples.items()},
+        "step_samples": samples,
+    }
+
+
+def precision_report(data: dict[str, Any]) -> str:
+    p, s = data["precision"], data["settings"]
+    samples = data["step_samples"]
+    rows = []
+    for name, label in (
+        ("hfkd_live_auto", f"DistillationTrainer, live teacher, teacher_dtype=auto ({p['teacher_dtype']})"),
+        ("hfkd_live", "DistillationTrainer, live teacher, float32"),
+        ("trainer", "plain Trainer, student alone"),
+    ):
+        ratios = paired_ratios(samples, name, "trainer")
+        low, high = _quartiles(ratios)
+        rows.append(
+            [label, f"{data['step_seconds'][name]:.3f}", f"{median(ratios):.3f} ({low:.3f}-{high:.3f})"]
+        )
+    lines = [
+        f"Batch {s['batch_size']}, length {s['max_length']}; {s['rounds']} interleaved rounds, the first "
+        f"{s['warmup']} dropped; load average {data['load_average_before']} before, "
+        f"{data['load_average_after']} after.",
+        "",
+        markdown_table(["method", "median s/step", "x plain Trainer (paired median, quartiles)"], rows),
+        "",
+        f"- auto decided: **{p['teacher_dtype']}**. {p['reason']}.",
+        f"- Teacher test accuracy over {s['test_examples']} examples: float32 "
+        f"{data['teacher_test_accuracy']['float32']:.4f}, auto ({p['teacher_dtype']}) "
+        f"{data['teacher_test_accuracy']['auto']:.4f}.",
+    ]
+    return "\n".join(lines)
+
+
 # The measured rounds are cut into this many consecutive blocks to show how the machine's speed moved.
 BLOCKS = 5
 
@@ -866,10 +964,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--epochs", type=int, help="epochs of the end-to-end jobs (default 3; quick 1)")
     parser.add_argument("--output", help="JSON file (default bench/results/step_cost[_quick].json)")
     parser.add_argument("--textbrewer-worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--precision",
+        action="store_true",
+        help="only teacher_dtype=auto: its decision, and its live KD step against plain fine-tuning",
+    )
     args = parser.parse_args(argv)
     if args.textbrewer_worker:
         textbrewer_worker(args.textbrewer_worker)
         return None
+    if args.precision:
+        data = precision_run(args.quick, args.rounds, args.warmup, log=lambda m: print(m, flush=True))
+        name = "step_cost_precision_quick.json" if args.quick else "step_cost_precision.json"
+        save_json(data, args.output or os.path.join(RESULTS_DIR, name))
+        print(machine_line(data["machine"]))
+        print(precision_report(data))
+        return data
     data = run(args.quick, args.rounds, args.warmup, args.epochs, log=lambda m: print(m, flush=True))
     save_json(
         data,
