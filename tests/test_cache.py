@@ -299,7 +299,9 @@ def test_topk_cache_rejects_other_temperature_and_schedules(tmp_out):
 
 
 def test_cache_class_count_must_match_student(tmp_out):
-    cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), tiny_classification_dataset(n=8))
+    # Labels 0..1 fit the 2-class student, so the only mismatch is the cache's 3 classes.
+    data = tiny_classification_dataset(n=8, num_labels=2)
+    cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), data)
     student = tiny_model(num_layers=1, seed=2, num_labels=2)
     with pytest.raises(
         DistillationConfigError, match="cached teacher logits have 3 classes but the student has 2"
