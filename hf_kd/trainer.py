@@ -28,6 +28,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoints import CheckpointManifestCallback, check_resumable
 from .config import DistillationConfig
 from .layer_map import PROJECTIONS_FILE, HiddenProjections, LayerPair, strip_projections
 from .nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite  # noqa: F401  (NonFiniteLossError: public)
@@ -121,6 +122,8 @@ class DistillationTrainer(Trainer):
         self.args: DistillationConfig
         self._setup_distillation(teacher_model, teacher_weights)
         self.add_callback(_TrainStart(self))
+        # Writes each checkpoint's manifest (sizes and sha256) after Trainer has saved everything in it.
+        self.add_callback(CheckpointManifestCallback())
 
     # ---- set-up -------------------------------------------------------------------------------------
 
@@ -183,6 +186,7 @@ class DistillationTrainer(Trainer):
             self.processing_class,
             self.teacher_tokenizer,
             self.optimizer,
+            eval_dataset=self.eval_dataset,
         )
 
     @property
@@ -491,6 +495,9 @@ class DistillationTrainer(Trainer):
                     "resume_from_checkpoint, or pass the path of a checkpoint directory"
                 )
             resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            # An explicit path to a checkpoint with a missing or bad file is an error naming the file.
+            check_resumable(str(resume_from_checkpoint), require_projections=self.projections is not None)
         self.nonfinite_guard.reset()
         return super().train(resume_from_checkpoint, *args, **kwargs)
 

@@ -45,7 +45,6 @@ def _trainer(out: str, max_steps: int = 4) -> DistillationTrainer:
         args=args,
         teacher_model=tiny_model(seed=1, hidden=48),
         train_dataset=tiny_classification_dataset(16),
-        callbacks=[CheckpointManifestCallback()],
     )
 
 
@@ -125,6 +124,11 @@ DAMAGE = {
         f"training_args.bin is missing (it is listed in {MANIFEST_FILE})",
     ),
 }
+
+
+def test_the_trainer_writes_the_manifest_into_every_checkpoint(tmp_path):
+    trainer = _trainer(str(tmp_path / "unused"))
+    assert sum(isinstance(cb, CheckpointManifestCallback) for cb in trainer.callback_handler.callbacks) == 1
 
 
 def test_the_manifest_lists_every_file_with_its_size_and_hash_and_is_written_last(trained_dir):
@@ -254,3 +258,15 @@ def test_resume_true_skips_a_checkpoint_without_its_optimizer_and_ends_like_the_
     got = load_file(os.path.join(run_dir, "checkpoint-4", "model.safetensors"))
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["no-scheduler", "cut-optimizer", "garbled-projections"])
+def test_trainer_train_with_an_explicit_path_to_an_incomplete_checkpoint_names_the_file(run_dir, kind):
+    damage, reason = DAMAGE[kind]
+    newest = os.path.join(run_dir, "checkpoint-4")
+    damage(newest)
+    trainer = _trainer(run_dir, max_steps=6)
+    with pytest.raises(IncompleteCheckpointError, match="cannot resume from") as err:
+        trainer.train(resume_from_checkpoint=newest)
+    assert reason in str(err.value)
+    assert trainer.state.global_step == 0  # refused before loading anything

@@ -202,3 +202,30 @@ def test_an_uncached_eval_set_with_no_teacher_is_an_error():
     cached_eval = cache_teacher_outputs(teacher, plain_eval, device="cpu")
     setup_checks(train, cached_eval, teachers=[])  # no error
     setup_checks(train, plain_eval)  # a live teacher can score it: no error
+
+
+# ---- the trainer runs the eval checks at construction -----------------------------------------------------------
+
+
+def test_the_trainer_checks_its_eval_dataset_at_construction(tmp_out):
+    train = tiny_classification_dataset(8)
+    with pytest.raises(
+        DistillationConfigError, match="the eval data holds label 7 in column 'labels' at row 1"
+    ):
+        build(tmp_out, train, with_label(tiny_classification_dataset(4, seed=1), 1, 7))
+    with pytest.raises(
+        DistillationConfigError, match=rf"the eval data 'long' holds input_ids of length {MAX_POSITIONS + 6}"
+    ):
+        build(
+            tmp_out,
+            train,
+            {"ok": tiny_classification_dataset(4), "long": _rows_with_a_long_one(n=4, long_row=2)},
+        )
+
+
+def test_the_trainer_refuses_an_uncached_eval_set_without_a_teacher(tmp_out):
+    from hf_kd import cache_teacher_outputs
+
+    train = cache_teacher_outputs(tiny_model(seed=1), tiny_classification_dataset(8), device="cpu")
+    with pytest.raises(DistillationConfigError, match="the eval data carries no cached teacher outputs"):
+        build(tmp_out, train, tiny_classification_dataset(4, seed=1), teacher=False)
