@@ -148,3 +148,17 @@ def test_export_refuses_a_pytorch_int8_model(tmp_path):
 
     with pytest.raises(ValueError, match="int8 layers.*export the float model"):
         export_onnx(quantize_dynamic_int8(_tiny()), tmp_path / "m.onnx")
+
+
+def test_deployment_table_is_kept_in_the_card_context_for_a_rerendered_card(tmp_path):
+    import json
+
+    from hf_kd.model_card import CARD_CONTEXT_FILE, add_deployment_section
+
+    (tmp_path / CARD_CONTEXT_FILE).write_text(json.dumps({"model_name": "s"}))
+    deployment = {"rows": [], "data": "x"}
+    add_deployment_section(tmp_path, deployment, "| Format |\n|---|")
+    context = json.loads((tmp_path / CARD_CONTEXT_FILE).read_text())
+    assert context["deployment"] == deployment and context["deployment_table"] == "| Format |\n|---|"
+    assert context["model_name"] == "s"
+    assert "## Deployment" in (tmp_path / "README.md").read_text()
