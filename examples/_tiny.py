@@ -25,7 +25,7 @@ def tiny_tokenizer():
     path = os.path.join(folder, "vocab.txt")
     with open(path, "w") as f:
         f.write("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=path, do_lower_case=True)
+    return BertTokenizerFast(vocab=path, do_lower_case=True)
 
 
 def tiny_bert(model_class: str, tokenizer, labels: list[str], num_layers: int = 2, seed: int = 0):

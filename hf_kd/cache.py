@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cross_tokenizer import has_teacher_inputs, teacher_view
 from .teacher import (
     TEACHER_COLUMNS,
     TEACHER_END_LOGITS,
@@ -437,7 +438,9 @@ def cache_teacher_outputs(
             back where it was, in the mode it was in.
         cache_dir: if given, the result is saved there under a name derived from the cache key, and loaded from
             there, memory-mapped, by a later call with the same key. Required with several processes.
-        tokenizer: the tokenizer that made `dataset` (part of the cache key; also the default collator's).
+        tokenizer: the tokenizer that made the columns the teacher reads (part of the cache key; also the default
+            collator's). When `dataset` carries the teacher's own tokenization (`teacher_input_ids`, from
+            `hf_kd.prepare_dataset`), the teacher reads those columns: pass the teacher's tokenizer.
         desc: progress-bar label.
         topk_dtype: storage of the top-k log-probabilities: `float16` (default; half the bytes, about 3
             significant digits, which is below the noise of a KD target) or `float32`.
@@ -549,7 +552,10 @@ def cache_teacher_outputs(
             logger.warning("The teacher cache at %s is unusable: %s. Rebuilding it.", path, problem)
 
     columns = list(dataset.column_names)
-    inputs_view = dataset.select_columns(_teacher_input_columns(teacher, columns))
+    if has_teacher_inputs(columns):  # the teacher's own tokenization (cross-tokenizer distillation)
+        inputs_view = teacher_view(dataset)
+    else:
+        inputs_view = dataset.select_columns(_teacher_input_columns(teacher, columns))
     if collator is None:
         collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
     device = device if device is not None else _default_device(teacher)

@@ -27,7 +27,8 @@ SCHEDULES = ("constant", "linear", "cosine")
 KD_POSITIONS = ("labelled", "all")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("raise", "skip")
-WEIGHT_FIELDS = ("hidden_weight", "attention_weight", "embedding_weight")
+WEIGHT_FIELDS = ("hidden_weight", "attention_weight", "embedding_weight", "pooled_weight")
+POOLINGS = ("cls", "mean")
 # Temperatures that teach something. Below 0.05, softmax(logits / T) is one-hot in float32 for any logit gap above
 # about 17 * T (under 1 logit), so the KD term only compares the two argmaxes: its gradient is exactly 0 where they
 # agree and at most T where they differ, and the teacher's ranking of the other classes is lost. Above 100 the
@@ -137,6 +138,12 @@ class DistillationConfig(TrainingArguments):
             Weight of the attention-map matching term (MSE between attention probabilities, TinyBERT style).
         embedding_weight (`float`, defaults to `0.0`):
             Weight of the embedding-output matching term (hidden_states[0]).
+        pooled_weight (`float`, defaults to `0.0`):
+            Weight of the pooled-representation term (`hidden_loss` between one vector per example from the last
+            layer of each model, the student's through a learned projection). The one intermediate term that works
+            between different tokenizers.
+        pooling (`str`, defaults to `"cls"`):
+            The pooled vector: the first token's (`cls`) or the mean over real tokens (`mean`).
         layer_map (`str` or `dict`, defaults to `"uniform"`):
             Which teacher layer each student layer learns from. Layers count from 1 (hidden_states[m] is the
             output of layer m; 0 is the embedding output). `uniform`: student layer m -> teacher layer
@@ -215,6 +222,20 @@ class DistillationConfig(TrainingArguments):
     )
     embedding_weight: float = field(
         default=0.0, metadata={"help": "Weight of the embedding-output matching term (0 = off)."}
+    )
+    pooled_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the pooled-representation term: one vector per example from each model's last "
+            "layer, the student's through a learned projection (0 = off). Works across tokenizers."
+        },
+    )
+    pooling: str = field(
+        default="cls",
+        metadata={
+            "help": "Pooled representation: the first token's ('cls') or the mean over real tokens.",
+            "choices": list(POOLINGS),
+        },
     )
     # Typed `str` so HfArgumentParser gives a plain flag; a dict (Python, YAML) is accepted too and
     # normalised in validate_distillation().
@@ -321,10 +342,14 @@ class DistillationConfig(TrainingArguments):
                 "of skipped optimizer steps in a row after which the run stops)"
             )
         if not 0.0 <= float(self.nonfinite_max_skip_fraction) <= 1.0:
-            raise ValueError(f"nonfinite_max_skip_fraction={self.nonfinite_max_skip_fraction} is outside [0, 1]")
+            raise ValueError(
+                f"nonfinite_max_skip_fraction={self.nonfinite_max_skip_fraction} is outside [0, 1]"
+            )
         if self.projection_init not in ("xavier", "identity"):
             raise ValueError(f"projection_init={self.projection_init!r} is not one of ['xavier', 'identity']")
-        for name in ("hidden_weight", "attention_weight", "embedding_weight"):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {list(POOLINGS)}")
+        for name in WEIGHT_FIELDS:
             value = getattr(self, name)
             if value < 0 or not math.isfinite(value):
                 raise ValueError(f"{name}={value} must be a finite number >= 0 (0 turns the term off)")
@@ -349,6 +374,11 @@ class DistillationConfig(TrainingArguments):
 
     @property
     def uses_intermediate_layers(self) -> bool:
+        return self.uses_token_layers or self.pooled_weight > 0
+
+    @property
+    def uses_token_layers(self) -> bool:
+        """Terms that compare the two models position by position (so they must share a tokenization)."""
         return self.hidden_weight > 0 or self.attention_weight > 0 or self.embedding_weight > 0
 
     def __str__(self) -> str:

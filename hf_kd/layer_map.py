@@ -84,11 +84,16 @@ class LayerPair:
     teacher_layer: int
     student_size: int
     teacher_size: int
-    loss: str  # "hidden" or "embedding"
+    loss: str  # "hidden", "embedding" or "pooled" (one vector per example from the last layers)
 
     @property
     def projected(self) -> bool:
         return self.student_size != self.teacher_size
+
+    @property
+    def key(self) -> str:
+        """The projection's name in checkpoints: the student layer, or `pooled`."""
+        return "pooled" if self.loss == "pooled" else str(self.student_layer)
 
 
 class HiddenProjections(nn.Module):
@@ -112,13 +117,13 @@ class HiddenProjections(nn.Module):
                 else:
                     nn.init.xavier_uniform_(proj.weight)
                     nn.init.zeros_(proj.bias)
-                self.maps[str(pair.student_layer)] = proj
+                self.maps[pair.key] = proj
 
-    def forward(self, student_layer: int, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, student_layer: int | str, hidden: torch.Tensor) -> torch.Tensor:
         key = str(student_layer)
         if key in self.maps:
             proj = self.maps[key]
-            return proj(hidden.to(proj.weight.dtype))  # (B, L, D_s) -> (B, L, D_t)
+            return proj(hidden.to(proj.weight.dtype))  # (B, L, D_s) -> (B, L, D_t), or (B, D_s) -> (B, D_t)
         return hidden
 
 

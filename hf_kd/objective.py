@@ -33,6 +33,7 @@ from torch import nn
 from transformers import TrainingArguments
 
 from .config import DistillationConfig
+from .cross_tokenizer import TEACHER_INPUT_COLUMNS, has_teacher_inputs, teacher_inputs
 from .heads import (
     N_EXAMPLES,
     N_KD,
@@ -69,7 +70,7 @@ from .validation import DistillationConfigError
 logger = logging.getLogger(__name__)
 
 PROJECTED_KEY = "hf_kd_projected_hidden_states"
-TERMS = ("hidden", "attention", "embedding")
+TERMS = ("hidden", "attention", "embedding", "pooled")
 
 
 @dataclass
@@ -188,11 +189,22 @@ def _output_type_with_projected(cls: type) -> type:
 
 
 def split_batch(batch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(model inputs, targets, cached teacher columns) of a batch; only the first go into a model's forward."""
+    """(student inputs, targets and the teacher's own inputs, cached teacher columns) of a batch; only the first
+    go into the student's forward (a v5 model would silently swallow any other key)."""
     inputs = dict(batch)
     cached = {k: inputs.pop(k) for k in TEACHER_COLUMNS if k in inputs}
-    targets = {k: inputs.pop(k) for k in TARGET_KEYS if k in inputs}
+    targets = {k: inputs.pop(k) for k in (*TARGET_KEYS, *TEACHER_INPUT_COLUMNS) if k in inputs}
     return inputs, targets, cached
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """One vector per example from (B, L, D) hidden states: the first token's, or the mean over real tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]  # (B, D)
+    if attention_mask is None:
+        return hidden.mean(1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
 
 
 class DistillationObjective(nn.Module):
@@ -204,6 +216,8 @@ class DistillationObjective(nn.Module):
         student: the student model. Projections for mismatched hidden sizes are attached to it.
         teachers: a teacher, a list of teachers (an ensemble), or None when batches carry cached logits.
         teacher_weights: ensemble weights (default: equal).
+        cross_tokenizer: the batches carry the teacher's own tokenization (`hf_kd.prepare_dataset`); refuses the
+            terms that need a shared one. Detected from the batch too.
 
     Call it with the student's outputs, the teacher's outputs (a ModelOutput, a list of them, a dict of cached
     teacher columns, or `TeacherTargets`) and the batch (inputs and targets); it returns a `LossOutput`.
@@ -215,6 +229,7 @@ class DistillationObjective(nn.Module):
         student: nn.Module | None = None,
         teachers: nn.Module | list[nn.Module] | None = None,
         teacher_weights: list[float] | None = None,
+        cross_tokenizer: bool = False,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -240,6 +255,8 @@ class DistillationObjective(nn.Module):
         self.layer_table = ""
         self._projection_hook = None
         self.teacher_argument_names: set[str] | None = None
+        if cross_tokenizer:
+            self.check_cross_tokenizer()
         if self.teachers:
             self.setup_layers(student, self.teachers[0])
             self.teacher_argument_names = forward_argument_names(self.teachers[0])
@@ -262,13 +279,14 @@ class DistillationObjective(nn.Module):
             return
         s_vocab = getattr(student.config, "vocab_size", None)
         t_vocab = getattr(teacher.config, "vocab_size", None)
-        if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
+        if s.uses_token_layers and s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
             raise DistillationConfigError(
                 f"intermediate-layer losses compare teacher and student position by position, but their "
                 f"vocabularies differ ({s_vocab} vs {t_vocab} tokens), so they cannot share one tokenization: "
                 "use a student with the teacher's tokenizer (hf_kd.make_student), or distil logits only"
             )
-        mapping = resolve_layer_map(s.layer_map, _num_layers(student), _num_layers(teacher))
+        n_student, n_teacher = _num_layers(student), _num_layers(teacher)
+        mapping = resolve_layer_map(s.layer_map, n_student, n_teacher) if s.uses_token_layers else {}
         pairs = []
         if s.hidden_weight > 0:
             pairs += [
@@ -286,6 +304,10 @@ class DistillationObjective(nn.Module):
             pairs.insert(
                 0, LayerPair(0, mapping.get(0, 0), _hidden_size(student), _hidden_size(teacher), "embedding")
             )
+        if s.pooled_weight > 0:
+            pairs.append(
+                LayerPair(n_student, n_teacher, _hidden_size(student), _hidden_size(teacher), "pooled")
+            )
         self.layer_pairs = pairs
         if s.attention_weight > 0:
             self.attention_layers = {m: t for m, t in mapping.items() if m > 0 and t > 0}
@@ -296,11 +318,7 @@ class DistillationObjective(nn.Module):
                 )
             for role, model in (("student", student), ("teacher", teacher)):
                 _use_eager_attention(model, role, s.attention_weight)
-        weights = {
-            "hidden": s.hidden_weight,
-            "embedding": s.embedding_weight,
-            "attention": s.attention_weight,
-        }
+        weights = {name: getattr(s, f"{name}_weight") for name in TERMS}
         self.layer_table = format_layer_table(self.layer_pairs, self.attention_layers, weights)
         self._attach_projections(student)
 
@@ -313,20 +331,20 @@ class DistillationObjective(nn.Module):
             student.add_module(PROJECTIONS_ATTR, projections.to(device=param.device, dtype=torch.float32))
         if not self.layer_pairs:
             return
-        pairs = self.layer_pairs
+        pairs, pooling = self.layer_pairs, self.settings.pooling
 
-        def project(module: nn.Module, _args: Any, _kwargs: Any, output: Any) -> Any:
+        def project(module: nn.Module, _args: Any, kwargs: Any, output: Any) -> Any:
             hidden = output.get("hidden_states") if isinstance(output, dict) else None
             if hidden is None:
                 return output
             projections = getattr(module, PROJECTIONS_ATTR, None)
-            projected = tuple(
-                projections(p.student_layer, hidden[p.student_layer])
-                if projections is not None
-                else hidden[p.student_layer]
-                for p in pairs
-            )
-            return _with_projected(output, projected)
+            projected = []
+            for p in pairs:
+                states = hidden[p.student_layer]  # (B, L, D_s)
+                if p.loss == "pooled":
+                    states = pool(states, kwargs.get("attention_mask"), pooling)  # (B, D_s)
+                projected.append(projections(p.key, states) if projections is not None else states)
+            return _with_projected(output, tuple(projected))
 
         self._projection_hook = student.register_forward_hook(project, with_kwargs=True)
 
@@ -338,6 +356,21 @@ class DistillationObjective(nn.Module):
         student = student if student is not None else self.student
         if hasattr(student, PROJECTIONS_ATTR):
             delattr(student, PROJECTIONS_ATTR)
+
+    def check_cross_tokenizer(self) -> None:
+        """Two tokenizations share no positions: only sequence-level heads and pooled matching make sense."""
+        if self.head.token_level or self.head.name in ("qa", "generic"):
+            raise DistillationConfigError(
+                f"the data carries the teacher's own tokenization (teacher_input_ids), but a {self.head.name} "
+                "head compares outputs position by position, and two tokenizations have no common positions: "
+                "distil token-level heads with a teacher that shares the student's tokenizer"
+            )
+        if self.settings.uses_token_layers:
+            raise DistillationConfigError(
+                "hidden_weight/attention_weight/embedding_weight compare the two models token by token, but the "
+                "data carries the teacher's own tokenization (teacher_input_ids), whose tokens do not line up "
+                "with the student's: set those weights to 0 and use pooled_weight (one vector per example) instead"
+            )
 
     @property
     def projections(self) -> HiddenProjections | None:
@@ -365,7 +398,7 @@ class DistillationObjective(nn.Module):
             return N_KD
         if component == "ce":
             return N_EXAMPLES if self.head.name == "qa" else N_LABELLED
-        return N_TOKENS
+        return N_EXAMPLES if component == "pooled" else N_TOKENS
 
     def counts(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Item counts of one batch (examples, labelled items, KD items, non-padding tokens), int64. Sum them
@@ -383,7 +416,11 @@ class DistillationObjective(nn.Module):
                 "this batch carries no cached teacher logits and no teacher_model was given: cache this dataset "
                 "too with hf_kd.cache_teacher_outputs(teacher, dataset), or pass teacher_model=..."
             )
-        inputs = split_batch(batch)[0]
+        if has_teacher_inputs(batch):
+            self.check_cross_tokenizer()
+            inputs = teacher_inputs(batch)
+        else:
+            inputs = split_batch(batch)[0]
         if self.teacher_argument_names is not None:
             inputs = {k: v for k, v in inputs.items() if k in self.teacher_argument_names}
         with torch.no_grad(), autocast if autocast is not None else nullcontext():
@@ -501,7 +538,7 @@ class DistillationObjective(nn.Module):
                     "labels in the data"
                 )
         if targets.hidden_states is not None or targets.attentions is not None:
-            components.update(self._intermediate(student_outputs, targets, batch, n[N_TOKENS]))
+            components.update(self._intermediate(student_outputs, targets, batch, n[N_TOKENS], n[N_EXAMPLES]))
 
         total = alpha * components["kd"] + (1.0 - alpha) * components.get("ce", 0.0)
         for name in TERMS:
@@ -568,7 +605,12 @@ class DistillationObjective(nn.Module):
         return hard_loss(logits, labels, "sum")
 
     def _intermediate(
-        self, outputs: Any, targets: TeacherTargets, batch: Mapping[str, Any], n_tokens: torch.Tensor
+        self,
+        outputs: Any,
+        targets: TeacherTargets,
+        batch: Mapping[str, Any],
+        n_tokens: torch.Tensor,
+        n_examples: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Hidden-state, embedding and attention terms, each a per-token mean over the matched layers."""
         attention_mask = batch.get("attention_mask")
@@ -576,6 +618,14 @@ class DistillationObjective(nn.Module):
         hidden_terms = []
         for pair, student_states in zip(self.layer_pairs, outputs.get(PROJECTED_KEY) or ()):
             teacher_states = targets.hidden_states[pair.teacher_layer]
+            if pair.loss == "pooled":  # (B, D): each model pools over its own tokens
+                teacher_mask = batch.get("teacher_attention_mask", attention_mask)
+                teacher_states = pool(teacher_states, teacher_mask, self.settings.pooling)
+                term = hidden_state_loss(
+                    student_states[:, None], teacher_states[:, None], None, self.settings.hidden_loss, "sum"
+                )
+                result["pooled"] = term / n_examples
+                continue
             term = hidden_state_loss(
                 student_states, teacher_states, attention_mask, self.settings.hidden_loss, "sum"
             )

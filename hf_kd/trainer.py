@@ -4,11 +4,11 @@ Change `Trainer(...)` to `DistillationTrainer(..., teacher_model=teacher)` and p
 `TrainingArguments` subclass; plain `TrainingArguments` are upgraded with default distillation settings).
 Everything else -- datasets, collators, callbacks, checkpoints, evaluation, mixed precision, DDP -- is Trainer's.
 
-The loss itself is `hf_kd.DistillationObjective` (`self.objective`); this class orchestrates: it checks the set-up
-before training, places the teacher, counts items over each optimizer step, applies the non-finite policy,
-logs the components, and saves and restores the projections. Where we meet Trainer we override its hooks
-(`compute_loss`, `get_batch_samples`, `evaluation_loop`, `log`, `_save`, `save_model`, `_load_from_checkpoint`)
-and call `super()`; we never copy its loops.
+The loss itself is `hf_kd.DistillationObjective` (`self.distillation_objective`); this class orchestrates: it
+checks the set-up before training, places the teacher, counts items over each optimizer step, applies the non-
+finite policy, logs the components, and saves and restores the projections. Where we meet Trainer we override
+its hooks (`compute_loss`, `get_batch_samples`, `evaluation_loop`, `log`, `_save`, `save_model`,
+`_load_from_checkpoint`) and call `super()`; we never copy its loops.
 
 Gradient accumulation and several processes: each loss term is a sum over its items (examples, labelled tokens,
 non-padding tokens) divided by the number of such items in the whole optimizer step, counted over every
@@ -30,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import CheckpointManifestCallback, check_resumable
 from .config import DistillationConfig
+from .cross_tokenizer import TEACHER_INPUT_COLUMNS, CrossTokenizerCollator, has_teacher_inputs
 from .layer_map import PROJECTIONS_FILE, HiddenProjections, LayerPair, strip_projections
 from .nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite  # noqa: F401  (NonFiniteLossError: public)
 from .objective import PROJECTED_KEY, DistillationObjective, LossOutput, split_batch
@@ -145,7 +146,13 @@ class DistillationTrainer(Trainer):
             if not isinstance(self.data_collator, TeacherCacheCollator):
                 self.data_collator = TeacherCacheCollator(self.data_collator)
 
-        self.objective = DistillationObjective(args, self.model, teachers, teacher_weights)
+        self.cross_tokenizer = has_teacher_inputs(dataset_columns(self.train_dataset))
+        self.distillation_objective = DistillationObjective(
+            args, self.model, teachers, teacher_weights, self.cross_tokenizer
+        )
+        if self.cross_tokenizer:
+            if not isinstance(self.data_collator, CrossTokenizerCollator):
+                self.data_collator = CrossTokenizerCollator(self.data_collator, self.teacher_tokenizer)
         if self.layer_table:
             logger.info("hf-kd layer mapping:\n%s", self.layer_table)
         self.teacher_weights = teacher_weights
@@ -155,7 +162,7 @@ class DistillationTrainer(Trainer):
             teacher, self.teacher_placement = place_teacher(teacher, self.accelerator, args.teacher_dtype)
             placed.append(teacher)
         self.teachers = placed
-        self.objective.set_teachers(placed)
+        self.distillation_objective.set_teachers(placed)
 
         self._train_sums: dict[str, torch.Tensor] = {}
         self._schedule_sums: list[float] = [0.0, 0.0, 0]
@@ -196,15 +203,15 @@ class DistillationTrainer(Trainer):
 
     @property
     def layer_pairs(self) -> list[LayerPair]:
-        return self.objective.layer_pairs
+        return self.distillation_objective.layer_pairs
 
     @property
     def attention_layers(self) -> dict[int, int]:
-        return self.objective.attention_layers
+        return self.distillation_objective.attention_layers
 
     @property
     def layer_table(self) -> str:
-        return self.objective.layer_table
+        return self.distillation_objective.layer_table
 
     @property
     def projections(self) -> HiddenProjections | None:
@@ -217,8 +224,8 @@ class DistillationTrainer(Trainer):
         """A fresh student per hyperparameter trial gets its own projections and hook."""
         model = super().call_model_init(trial)
         if getattr(self, "_distillation_ready", False) and self.teachers:
-            self.objective._projection_hook = None  # the hook belonged to the previous student
-            self.objective.setup_layers(model, self.teachers[0])
+            self.distillation_objective._projection_hook = None  # the hook belonged to the previous student
+            self.distillation_objective.setup_layers(model, self.teachers[0])
         return model
 
     def _hp_search_setup(self, trial: Any) -> None:
@@ -230,13 +237,14 @@ class DistillationTrainer(Trainer):
             return
         self.args.validate_distillation()
         if self.teachers:
-            self.objective.settings = self.args
-            self.objective.setup_layers(self.model, self.teachers[0])
+            self.distillation_objective.settings = self.args
+            self.distillation_objective.setup_layers(self.model, self.teachers[0])
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep cached teacher outputs through remove_unused_columns; compute_loss pops them before forward.
         super()._set_signature_columns_if_needed()
-        self._signature_columns += [c for c in TEACHER_COLUMNS if c not in self._signature_columns]
+        extra = (*TEACHER_COLUMNS, *TEACHER_INPUT_COLUMNS)
+        self._signature_columns += [c for c in extra if c not in self._signature_columns]
 
     # ---- schedules ----------------------------------------------------------------------------------
 
@@ -266,7 +274,9 @@ class DistillationTrainer(Trainer):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if batch_samples:
             # Summed on the batches' device and kept there: no host synchronisation per step.
-            counts = torch.stack([self.objective.counts(b).to(device) for b in batch_samples]).sum(0)
+            counts = torch.stack(
+                [self.distillation_objective.counts(b).to(device) for b in batch_samples]
+            ).sum(0)
             if self.args.world_size > 1:
                 counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum")
             self._step_counts = counts
@@ -281,11 +291,11 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        objective, training = self.objective, model.training
+        objective, training = self.distillation_objective, model.training
         model_inputs, targets, cached = split_batch(inputs)
         outputs = model(**model_inputs, **objective.forward_kwargs)
         if objective.needs_live_teacher(cached):
-            teacher = objective.teacher_outputs(model_inputs, self.accelerator.autocast())
+            teacher = objective.teacher_outputs(inputs, self.accelerator.autocast())
         else:
             teacher = cached
         # Normalisers: counts over the whole optimizer step and all processes while training (from
@@ -322,7 +332,7 @@ class DistillationTrainer(Trainer):
         flags = torch.stack(
             [
                 nonfinite(*(teacher_logits or [])),
-                nonfinite(*(outputs[k] for k in self.objective.head.logits_keys)),
+                nonfinite(*(outputs[k] for k in self.distillation_objective.head.logits_keys)),
                 nonfinite(total),
             ]
         )
@@ -368,9 +378,9 @@ class DistillationTrainer(Trainer):
             return
         counts = result.counts.cpu()
         for name, value in result.components.items():
-            n = counts[self.objective.count_index(name)].double()
+            n = counts[self.distillation_objective.count_index(name)].double()
             self._accumulate_eval(f"loss_{name}", value.detach().double().cpu() * n, n)
-        agreement = self.objective.teacher_agreement(outputs, result.teacher, result.kd_mask)
+        agreement = self.distillation_objective.teacher_agreement(outputs, result.teacher, result.kd_mask)
         if agreement is not None:
             self._accumulate_eval("teacher_agreement", *agreement)
 
@@ -563,7 +573,7 @@ class DistillationTrainer(Trainer):
             getattr(getattr(t, "config", None), "_name_or_path", None) or type(t).__name__
             for t in (getattr(t, "module", t) for t in self.teachers)
         ]
-        resolved = self.objective.summary()
+        resolved = self.distillation_objective.summary()
         return {
             "teachers": teacher_names,
             "teacher_placement": self.teacher_placement,
@@ -582,5 +592,7 @@ class DistillationTrainer(Trainer):
             "layer_pairs": resolved["layer_pairs"],
             "attention_layers": resolved["attention_layers"],
             "uses_cached_teacher_outputs": self.uses_cache,
+            "cross_tokenizer": self.cross_tokenizer,
+            "pooled_weight": a.pooled_weight,
             "kd_positions": a.kd_positions,
         }

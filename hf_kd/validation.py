@@ -617,7 +617,10 @@ def check_setup(
     The data checks (lengths, token ids, labels, cached outputs, teacher availability) run on the training data and
     on every eval dataset alike (`eval_dataset` may be a dict of them), so a bad row fails here, before step 1,
     not at the first evaluation."""
-    for teacher in teachers:
+    from .cross_tokenizer import has_teacher_inputs, teacher_view
+
+    # With the teacher's own tokenization in the data, the two tokenizers may differ: that is the point.
+    for teacher in [] if has_teacher_inputs(dataset_columns(train_dataset)) else teachers:
         t_tok = teacher_tokenizer if teacher_tokenizer is not None else getattr(teacher, "tokenizer", None)
         check_tokenizers(student_tokenizer, t_tok)
     if teachers and getattr(args, "uses_intermediate_layers", False):
@@ -635,7 +638,11 @@ def check_setup(
             continue
         if what != "the training data":  # the trainer itself refuses training data without a teacher
             check_teacher_available(dataset, teachers, what)
-        check_inputs_fit(dataset, models, student_tokenizer, getattr(args, "max_length", None), what)
+        if has_teacher_inputs(dataset_columns(dataset)) and hasattr(dataset, "select_columns"):
+            check_inputs_fit(dataset, models[:1], student_tokenizer, None, what)
+            check_inputs_fit(teacher_view(dataset), models[1:], teacher_tokenizer, None, f"{what} (teacher's ids)")
+        else:
+            check_inputs_fit(dataset, models, student_tokenizer, None, what)
         check_label_range(dataset, student, task, what)
         check_cached_logits(dataset, student, task)
         check_dataset_label_names(dataset, student, what)
