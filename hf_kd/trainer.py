@@ -348,7 +348,15 @@ class DistillationTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
-        if not getattr(optimizer, "_hf_kd_guarded", False):
+        if not hasattr(optimizer, "step"):
+            # DeepSpeed with an optimizer in its config: Trainer hands back a placeholder without `step`
+            # (Accelerate's DummyOptim) that the DeepSpeed engine replaces and steps itself.
+            logger.warning(
+                "The optimizer comes from the DeepSpeed config (%s): hf-kd's non-finite check at the optimizer "
+                "step does not apply to it; DeepSpeed's own overflow handling does.",
+                type(optimizer).__name__,
+            )
+        elif not getattr(optimizer, "_hf_kd_guarded", False):
             self.nonfinite_guard.wrap(optimizer, lambda: self.state.max_steps)
         return optimizer
 
