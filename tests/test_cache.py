@@ -320,12 +320,22 @@ def test_cached_logits_cannot_feed_intermediate_losses(tmp_out):
 def test_uncached_eval_data_without_teacher_says_what_to_do(tmp_out):
     data = tiny_classification_dataset(n=8)
     cached = cache_teacher_outputs(tiny_model(num_layers=2, seed=1), data)
+    # Given at construction, the uncached eval set is refused there, before any step...
+    with pytest.raises(
+        DistillationConfigError, match="eval data carries no cached teacher outputs.*no teacher_model"
+    ):
+        DistillationTrainer(
+            tiny_model(num_layers=1, seed=2), make_args(tmp_out, per_device_eval_batch_size=4),
+            train_dataset=cached, eval_dataset=data,
+        )  # fmt: skip
+    # ...and passed to evaluate() later, it is refused when evaluation reads it.
     trainer = DistillationTrainer(
-        tiny_model(num_layers=1, seed=2), make_args(tmp_out, per_device_eval_batch_size=4),
-        train_dataset=cached, eval_dataset=data,
-    )  # fmt: skip
+        tiny_model(num_layers=1, seed=2),
+        make_args(tmp_out, per_device_eval_batch_size=4),
+        train_dataset=cached,
+    )
     with pytest.raises(DistillationConfigError, match="no cached teacher logits and no teacher_model"):
-        trainer.evaluate()
+        trainer.evaluate(eval_dataset=data)
 
 
 def test_dataset_dict_caches_each_split_and_iterable_is_refused():
