@@ -139,12 +139,13 @@ def files_to_upload(
             ):
                 files.append(rel)
     if links:
+        consequence = "so nothing is published" if refuse_links else "so links are left out of this push"
         message = (
             f"{root} holds symbolic links: {', '.join(links)}. A link's content can come from outside the folder, "
-            "so it is not published: replace each link with a copy of the file it points to, or remove it"
+            f"{consequence}: replace each link with a copy of the file it points to, or remove it"
         )
         if refuse_links:
-            raise UnsafeUploadError(message.replace("so it is not published", "so nothing is published"))
+            raise UnsafeUploadError(message)
         logger.error("%s.", message)
     return sorted(files)
 
