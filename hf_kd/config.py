@@ -161,6 +161,9 @@ class DistillationConfig(TrainingArguments):
         nonfinite_max_skip_fraction (`float`, defaults to `0.1`):
             With `skip`, the run stops once more than this fraction of the planned steps (and more than one
             step) were skipped.
+        unlabeled_ratio (`float`, defaults to `1.0`):
+            With `DistillationTrainer(unlabeled_dataset=...)`, how many unlabelled examples join each labelled one
+            in a batch (on average, when fractional). Unlabelled examples take the KD term only.
         teacher_cache_check (`bool`, defaults to `True`):
             When both a live teacher and cached teacher logits are given, check the cache's teacher
             fingerprint against the live teacher before training.
@@ -272,6 +275,13 @@ class DistillationConfig(TrainingArguments):
             "steps (and more than one) were skipped."
         },
     )
+    unlabeled_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "With an unlabeled (transfer) dataset: unlabelled examples per labelled example in each batch. "
+            "They take the KD term only."
+        },
+    )
     teacher_cache_check: bool = field(
         default=True,
         metadata={"help": "Check cached teacher logits against the live teacher's fingerprint."},
@@ -347,6 +357,10 @@ class DistillationConfig(TrainingArguments):
             )
         if self.projection_init not in ("xavier", "identity"):
             raise ValueError(f"projection_init={self.projection_init!r} is not one of ['xavier', 'identity']")
+        if not float(self.unlabeled_ratio) > 0:
+            raise ValueError(
+                f"unlabeled_ratio={self.unlabeled_ratio} must be > 0 (unlabelled examples per labelled example)"
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not one of {list(POOLINGS)}")
         for name in WEIGHT_FIELDS:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .teacher import TEACHER_END_LOGITS, TEACHER_LOGITS, TEACHER_START_LOGITS
+from .transfer import UNLABELED_KEY
 
 # Positions in the item-count vector of one batch: examples, labelled items (hard term), KD items, and
 # non-padding tokens (intermediate terms).
@@ -79,7 +80,8 @@ HEADS: dict[str, HeadSpec] = {
         HeadSpec("generic", _LOGITS, (TEACHER_LOGITS,), ("labels",), False, False, False, "softmax_kl", "ce"),
     )
 }
-TARGET_KEYS = tuple(dict.fromkeys(k for h in HEADS.values() for k in h.target_keys))
+# Everything a batch carries for the loss rather than for the model's forward.
+TARGET_KEYS = (*dict.fromkeys(k for h in HEADS.values() for k in h.target_keys), UNLABELED_KEY)
 TOKEN_LEVEL_TASKS = tuple(name for name, h in HEADS.items() if h.token_level and h.name != "qa")
 
 
@@ -149,10 +151,14 @@ def kd_mask_and_counts(
     labels = batch.get("labels")
     token_level = is_token_level(head, batch)
 
+    unlabeled = batch.get(UNLABELED_KEY)  # (B,) rows of a transfer set: no label, KD on every real token
     mask: torch.Tensor | None = None
     if token_level:
         if kd_positions == "labelled" and labels is not None and not head.causal_shift:
             mask = labels.ne(-100)
+            if unlabeled is not None:
+                real = attention.bool() if attention is not None else torch.ones_like(mask)
+                mask = mask | (unlabeled.to(device)[:, None] & real)
         elif attention is not None:
             mask = attention.bool()
         else:
@@ -167,6 +173,8 @@ def kd_mask_and_counts(
         labelled = counted.ne(-100).sum() if counted is not None else torch.tensor(0, device=device)
     elif head.name in ("sequence", "generic") and labels is not None:
         labelled = labels.ne(-100).sum()
+    elif unlabeled is not None:  # regression, multi-label: one hard item per labelled example
+        labelled = (~unlabeled.to(device)).sum()
     else:  # regression, multi-label, QA: one hard item per example
         labelled = torch.tensor(batch_size, device=device)
     kd = mask.sum() if mask is not None else torch.tensor(batch_size, device=device)

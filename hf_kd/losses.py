@@ -278,10 +278,13 @@ def regression_kd_loss(student_outputs: Tensor, teacher_outputs: Tensor, reducti
     return _reduce((s - t).pow(2).mean(-1), None, reduction)
 
 
-def regression_hard_loss(outputs: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
-    """Squared error against float labels, per example the mean over output dims (transformers' MSELoss)."""
+def regression_hard_loss(
+    outputs: Tensor, labels: Tensor, reduction: str = "mean", mask: Tensor | None = None
+) -> Tensor:
+    """Squared error against float labels, per example the mean over output dims (transformers' MSELoss).
+    `mask` (B,): the examples that have a label."""
     s = outputs.float().reshape(outputs.shape[0], -1)  # (B, D)
-    return _reduce((s - labels.float().reshape(s.shape)).pow(2).mean(-1), None, reduction)
+    return _reduce((s - labels.float().reshape(s.shape)).pow(2).mean(-1), mask, reduction)
 
 
 def _binary_log_probs(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -310,7 +313,10 @@ def sigmoid_kd_loss(
     return _reduce(per_example, None, reduction)
 
 
-def multi_label_hard_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
-    """Binary cross-entropy with 0/1 (or soft) labels, per example the mean over labels."""
+def multi_label_hard_loss(
+    logits: Tensor, labels: Tensor, reduction: str = "mean", mask: Tensor | None = None
+) -> Tensor:
+    """Binary cross-entropy with 0/1 (or soft) labels, per example the mean over labels. `mask` (B,): the
+    examples that have labels."""
     per_label = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
-    return _reduce(per_label.mean(-1), None, reduction)
+    return _reduce(per_label.mean(-1), mask, reduction)

@@ -65,6 +65,7 @@ from .losses import (
     topk_soft_target_loss,
 )
 from .teacher import TEACHER_COLUMNS, TEACHER_TOPK_INDICES, TEACHER_TOPK_LOG_PROBS, forward_argument_names
+from .transfer import UNLABELED_KEY
 from .validation import DistillationConfigError
 
 logger = logging.getLogger(__name__)
@@ -527,7 +528,8 @@ class DistillationObjective(nn.Module):
         n = (local_counts if counts is None else counts).to(local_counts.device).clamp_min(1).float()
         targets = self.teacher_targets(teacher, batch, temperature)
 
-        components = {"kd": self._kd_sum(student_outputs, targets, mask, temperature, batch) / n[N_KD]}
+        kd_items = self._kd_items(student_outputs, targets, mask, temperature, batch)  # (B,) or (B, L)
+        components = {"kd": kd_items.sum() / n[N_KD]}
         if alpha < 1.0 or (s.alpha_schedule != "constant" and s.alpha_final < 1.0):
             hard = self._hard_sum(student_outputs, batch)
             if hard is not None:
@@ -541,12 +543,17 @@ class DistillationObjective(nn.Module):
             components.update(self._intermediate(student_outputs, targets, batch, n[N_TOKENS], n[N_EXAMPLES]))
 
         total = alpha * components["kd"] + (1.0 - alpha) * components.get("ce", 0.0)
+        unlabeled = batch.get(UNLABELED_KEY)
+        if unlabeled is not None and alpha < 1.0:
+            # Transfer-set rows have no label, so alpha counts as 1 for them: their KD weight is alpha + (1 - alpha).
+            rows = unlabeled.to(kd_items.device).view(-1, *([1] * (kd_items.dim() - 1)))
+            total = total + (1.0 - alpha) * (kd_items * rows).sum() / n[N_KD]
         for name in TERMS:
             if name in components:
                 total = total + getattr(s, f"{name}_weight") * components[name]
         return LossOutput(total, components, mask, local_counts, targets)
 
-    def _kd_sum(
+    def _kd_items(
         self,
         outputs: Any,
         targets: TeacherTargets,
@@ -554,31 +561,32 @@ class DistillationObjective(nn.Module):
         temperature: float,
         batch: Mapping[str, Any],
     ) -> torch.Tensor:
-        """Sum of the KD term over the kept items, averaged over the head's logits keys (QA: start and end)."""
+        """The KD term per item, (B,) or (B, L) with 0 at items outside `mask`, averaged over the head's logits
+        keys (QA: start and end)."""
         head, attention_mask = self.head, batch.get("attention_mask")
         total = 0.0
         for i, key in enumerate(head.logits_keys):
             s_logits = self._mask(outputs[key], attention_mask)
             if targets.topk_log_probs is not None:
                 term = topk_soft_target_loss(
-                    s_logits, targets.topk_log_probs, targets.topk_indices, temperature, mask, "sum"
+                    s_logits, targets.topk_log_probs, targets.topk_indices, temperature, mask, "none"
                 )
             elif targets.log_probs is not None:
                 term = soft_target_loss(
                     s_logits,
                     temperature=temperature,
                     mask=mask,
-                    reduction="sum",
+                    reduction="none",
                     teacher_log_probs=targets.log_probs[i],
                 )
             else:
                 t_logits = targets.logits[i].to(s_logits.device)
                 if head.kd_loss == "mse":
-                    term = regression_kd_loss(s_logits, t_logits, "sum")
+                    term = regression_kd_loss(s_logits, t_logits, "none")
                 elif head.kd_loss == "sigmoid_kl":
-                    term = sigmoid_kd_loss(s_logits, t_logits, temperature, "sum")
+                    term = sigmoid_kd_loss(s_logits, t_logits, temperature, "none")
                 else:
-                    term = soft_target_loss(s_logits, t_logits, temperature, mask, "sum")
+                    term = soft_target_loss(s_logits, t_logits, temperature, mask, "none")
             total = total + term
         return total / len(head.logits_keys)
 
@@ -596,10 +604,12 @@ class DistillationObjective(nn.Module):
                 total = total + hard_loss(logits, positions, "sum")
             return total / len(head.logits_keys)
         logits, labels = outputs["logits"], batch["labels"]
+        unlabeled = batch.get(UNLABELED_KEY)
+        has_label = ~unlabeled.to(logits.device) if unlabeled is not None else None
         if head.hard_loss == "mse":
-            return regression_hard_loss(logits, labels, "sum")
+            return regression_hard_loss(logits, labels, "sum", has_label)
         if head.hard_loss == "bce":
-            return multi_label_hard_loss(logits, labels, "sum")
+            return multi_label_hard_loss(logits, labels, "sum", has_label)
         if head.causal_shift:
             logits, labels = logits[:, :-1], labels[:, 1:]
         return hard_loss(logits, labels, "sum")

@@ -31,11 +31,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .checkpoints import CheckpointManifestCallback, check_resumable
 from .config import DistillationConfig
 from .cross_tokenizer import TEACHER_INPUT_COLUMNS, CrossTokenizerCollator, has_teacher_inputs
-from .layer_map import PROJECTIONS_FILE, HiddenProjections, LayerPair, strip_projections
+from .layer_map import PROJECTIONS_FILE, HiddenProjections, strip_projections
 from .nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite  # noqa: F401  (NonFiniteLossError: public)
 from .objective import PROJECTED_KEY, DistillationObjective, LossOutput, split_batch
 from .schedules import scheduled_value
 from .teacher import TEACHER_COLUMNS, place_teacher
+from .transfer import attach_transfer_set
 from .validation import (
     check_label_spaces,
     check_labels_present,
@@ -48,6 +49,12 @@ from .validation import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The settings a model card reports as the recipe.
+RECIPE_FIELDS = (
+    "temperature", "alpha", "alpha_schedule", "alpha_final", "temperature_schedule", "temperature_final",
+    "hidden_weight", "hidden_loss", "attention_weight", "embedding_weight", "pooled_weight", "kd_positions",
+)  # fmt: skip
 
 
 def _as_distillation_config(args: TrainingArguments | None) -> DistillationConfig:
@@ -86,6 +93,9 @@ class DistillationTrainer(Trainer):
         teacher_tokenizer: the teacher's tokenizer, if it may differ from `processing_class` (the student's): both
             are run on a few fixed strings at construction, and different token ids are an error, since teacher
             and student read the same `input_ids`.
+        unlabeled_dataset: a transfer set: tokenized examples without labels (or whose labels are ignored) that
+            the teacher labels; `args.unlabeled_ratio` of them join each labelled example in a batch, and they
+            take the KD term only (`hf_kd.transfer`).
         peft_config: a `peft` config (e.g. `LoraConfig`) that turns the student into a PEFT model, or `True` for
             LoRA r=8, alpha=16 on peft's default layers for the architecture (`hf_kd.peft_utils`). Only the
             adapter (plus the head for classification tasks, and any projections) trains.
@@ -110,6 +120,7 @@ class DistillationTrainer(Trainer):
         teacher_weights: list[float] | None = None,
         teacher_tokenizer: Any = None,
         peft_config: Any = None,
+        unlabeled_dataset: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
         args = _as_distillation_config(args)
@@ -122,6 +133,9 @@ class DistillationTrainer(Trainer):
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.args: DistillationConfig
         self._setup_distillation(teacher_model, teacher_weights)
+        self.unlabeled_dataset = None
+        if unlabeled_dataset is not None:
+            self.unlabeled_dataset = attach_transfer_set(self, unlabeled_dataset)
         self.add_callback(_TrainStart(self))
         # Writes each checkpoint's manifest (sizes and sha256) after Trainer has saved everything in it.
         self.add_callback(CheckpointManifestCallback())
@@ -201,17 +215,10 @@ class DistillationTrainer(Trainer):
         """The (first) teacher, placed and frozen."""
         return self.teachers[0] if self.teachers else None
 
-    @property
-    def layer_pairs(self) -> list[LayerPair]:
-        return self.distillation_objective.layer_pairs
-
-    @property
-    def attention_layers(self) -> dict[int, int]:
-        return self.distillation_objective.attention_layers
-
-    @property
-    def layer_table(self) -> str:
-        return self.distillation_objective.layer_table
+    # The resolved layer map lives on the objective.
+    layer_pairs = property(lambda self: self.distillation_objective.layer_pairs)
+    attention_layers = property(lambda self: self.distillation_objective.attention_layers)
+    layer_table = property(lambda self: self.distillation_objective.layer_table)
 
     @property
     def projections(self) -> HiddenProjections | None:
@@ -248,23 +255,18 @@ class DistillationTrainer(Trainer):
 
     # ---- schedules ----------------------------------------------------------------------------------
 
-    @property
-    def current_alpha(self) -> float:
-        a = self.args
+    def _scheduled(self, name: str) -> float:
+        a, state = self.args, self.state
         return scheduled_value(
-            a.alpha, a.alpha_final, a.alpha_schedule, self.state.global_step, self.state.max_steps
+            getattr(a, name),
+            getattr(a, f"{name}_final"),
+            getattr(a, f"{name}_schedule"),
+            state.global_step,
+            state.max_steps,
         )
 
-    @property
-    def current_temperature(self) -> float:
-        a = self.args
-        return scheduled_value(
-            a.temperature,
-            a.temperature_final,
-            a.temperature_schedule,
-            self.state.global_step,
-            self.state.max_steps,
-        )
+    current_alpha = property(lambda self: self._scheduled("alpha"))
+    current_temperature = property(lambda self: self._scheduled("temperature"))
 
     # ---- item counts for exact normalisation ----------------------------------------------------------
 
@@ -587,20 +589,11 @@ class DistillationTrainer(Trainer):
             "teacher_placement": self.teacher_placement,
             "task": self.task,
             "head": resolved["head"],
-            "temperature": a.temperature,
-            "alpha": a.alpha,
-            "alpha_schedule": a.alpha_schedule,
-            "alpha_final": a.alpha_final,
-            "temperature_schedule": a.temperature_schedule,
-            "temperature_final": a.temperature_final,
-            "hidden_weight": a.hidden_weight,
-            "hidden_loss": a.hidden_loss,
-            "attention_weight": a.attention_weight,
-            "embedding_weight": a.embedding_weight,
+            **{name: getattr(a, name) for name in RECIPE_FIELDS},
             "layer_pairs": resolved["layer_pairs"],
             "attention_layers": resolved["attention_layers"],
             "uses_cached_teacher_outputs": self.uses_cache,
             "cross_tokenizer": self.cross_tokenizer,
-            "pooled_weight": a.pooled_weight,
-            "kd_positions": a.kd_positions,
+            "unlabeled_examples": len(self.unlabeled_dataset) if self.unlabeled_dataset is not None else 0,
+            "unlabeled_ratio": a.unlabeled_ratio if self.unlabeled_dataset is not None else None,
         }

@@ -33,6 +33,7 @@ def run(
     steps: int = 4,
     bf16: bool = False,
     fsdp_teacher_check: bool = False,
+    transfer: bool = False,
 ):
     import torch
     from conftest import tiny_classification_dataset, tiny_model
@@ -69,6 +70,10 @@ def run(
         args=args,
         train_dataset=tiny_classification_dataset(n=GLOBAL_BATCH, seq_len=12, seed=3),
         teacher_model=teacher,
+        # --transfer: a transfer set of 8 more rows whose labels are dropped, one per labelled row in each batch.
+        unlabeled_dataset=tiny_classification_dataset(n=GLOBAL_BATCH, seq_len=12, seed=4)
+        if transfer
+        else None,
     )
     trainer.train()
 
@@ -139,5 +144,6 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--fsdp-teacher-check", action="store_true")
+    parser.add_argument("--transfer", action="store_true")
     a = parser.parse_args()
-    run(a.out, a.per_device, a.accum, a.steps, a.bf16, a.fsdp_teacher_check)
+    run(a.out, a.per_device, a.accum, a.steps, a.bf16, a.fsdp_teacher_check, a.transfer)
