@@ -78,7 +78,9 @@ def prepare_dataset(
         return out
 
     keep = label_column if label_column in columns else None
-    encoded = dataset.map(encode, batched=True, remove_columns=[c for c in columns if c != keep], desc="Tokenizing")
+    encoded = dataset.map(
+        encode, batched=True, remove_columns=[c for c in columns if c != keep], desc="Tokenizing"
+    )
     if keep is not None and keep != "labels":
         encoded = encoded.rename_column(keep, "labels")
     return encoded

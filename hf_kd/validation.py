@@ -640,7 +640,9 @@ def check_setup(
             check_teacher_available(dataset, teachers, what)
         if has_teacher_inputs(dataset_columns(dataset)) and hasattr(dataset, "select_columns"):
             check_inputs_fit(dataset, models[:1], student_tokenizer, None, what)
-            check_inputs_fit(teacher_view(dataset), models[1:], teacher_tokenizer, None, f"{what} (teacher's ids)")
+            check_inputs_fit(
+                teacher_view(dataset), models[1:], teacher_tokenizer, None, f"{what} (teacher's ids)"
+            )
         else:
             check_inputs_fit(dataset, models, student_tokenizer, None, what)
         check_label_range(dataset, student, task, what)
@@ -648,7 +650,9 @@ def check_setup(
         check_dataset_label_names(dataset, student, what)
 
 
-def check_teacher_sources(teachers: Sequence[nn.Module], uses_cache: bool, args: Any, train_dataset: Any) -> None:
+def check_teacher_sources(
+    teachers: Sequence[nn.Module], uses_cache: bool, args: Any, train_dataset: Any
+) -> None:
     """Where the teacher's targets come from: live teachers, a cache, or both, and whether they fit the loss."""
     if not teachers and not uses_cache:
         raise DistillationConfigError(
