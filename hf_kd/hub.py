@@ -432,7 +432,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Arguments of `hf-kd push`."""
     parser.add_argument("output_dir", help="Directory with the saved student (from trainer.save_model()).")
     parser.add_argument(
-        "--repo-id", required=True, help="Hub repository to publish to, e.g. user/my-student."
+        "--repo-id", "--repo_id", required=True, help="Hub repository to publish to, e.g. user/my-student."
     )
     parser.add_argument(
         "--dry-run",
