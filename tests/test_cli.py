@@ -42,7 +42,7 @@ def tiny_assets(tmp_path):
     vocab = SPECIAL + [w for words in WORDS.values() for w in words]
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True)
     labels = list(WORDS)
     torch.manual_seed(0)
     config = BertConfig(
@@ -189,13 +189,13 @@ def test_out_of_range_value_names_the_value(capsys):
     assert "alpha=1.5" in capsys.readouterr().err
 
 
-def test_missing_training_file_is_a_clear_error(tmp_path, capsys):
+def test_missing_training_file_is_a_clear_error(tiny_assets, tmp_path, capsys):
     missing = str(tmp_path / "train.csv")
     code = cli.main(
         [
             "distill",
             "--teacher_model_name_or_path",
-            str(tmp_path),
+            tiny_assets["teacher"],
             "--student_layers",
             "1",
             "--train_file",
