@@ -161,6 +161,10 @@ class DistillationConfig(TrainingArguments):
         nonfinite_max_skip_fraction (`float`, defaults to `0.1`):
             With `skip`, the run stops once more than this fraction of the planned steps (and more than one
             step) were skipped.
+        augmentation (`str`, defaults to `""`):
+            A new view of each training batch, which the live teacher labels as the student sees it: per-token
+            probabilities of `mask`, `replace` (a random token), `swap` (with the next token) and `delete`, such
+            as `mask:0.1,replace:0.05`. Seeded, so a resumed run draws the same views. Needs a live teacher.
         unlabeled_ratio (`float`, defaults to `1.0`):
             With `DistillationTrainer(unlabeled_dataset=...)`, how many unlabelled examples join each labelled one
             in a batch (on average, when fractional). Unlabelled examples take the KD term only.
@@ -275,6 +279,13 @@ class DistillationConfig(TrainingArguments):
             "steps (and more than one) were skipped."
         },
     )
+    augmentation: str = field(
+        default="",
+        metadata={
+            "help": "Consistent augmentation of each training batch, seen by student and live teacher alike: "
+            "probabilities per token, e.g. 'mask:0.1,replace:0.05,swap:0.05,delete:0.05' (empty = off)."
+        },
+    )
     unlabeled_ratio: float = field(
         default=1.0,
         metadata={
@@ -357,6 +368,9 @@ class DistillationConfig(TrainingArguments):
             )
         if self.projection_init not in ("xavier", "identity"):
             raise ValueError(f"projection_init={self.projection_init!r} is not one of ['xavier', 'identity']")
+        from .augment import parse_augmentation
+
+        parse_augmentation(self.augmentation)
         if not float(self.unlabeled_ratio) > 0:
             raise ValueError(
                 f"unlabeled_ratio={self.unlabeled_ratio} must be > 0 (unlabelled examples per labelled example)"

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .augment import make_augmenter
 from .checkpoints import CheckpointManifestCallback, check_resumable
 from .config import DistillationConfig
 from .cross_tokenizer import TEACHER_INPUT_COLUMNS, CrossTokenizerCollator, has_teacher_inputs
@@ -37,16 +38,7 @@ from .objective import PROJECTED_KEY, DistillationObjective, LossOutput, split_b
 from .schedules import scheduled_value
 from .teacher import TEACHER_COLUMNS, place_teacher
 from .transfer import attach_transfer_set
-from .validation import (
-    check_label_spaces,
-    check_labels_present,
-    check_setup,
-    check_teacher_is_separate,
-    check_teacher_sources,
-    check_vocabularies,
-    dataset_columns,
-    infer_task,
-)
+from .validation import check_trainer_setup, dataset_columns, infer_task
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +128,7 @@ class DistillationTrainer(Trainer):
         self.unlabeled_dataset = None
         if unlabeled_dataset is not None:
             self.unlabeled_dataset = attach_transfer_set(self, unlabeled_dataset)
+        self.augmenter = make_augmenter(self)
         self.add_callback(_TrainStart(self))
         # Writes each checkpoint's manifest (sizes and sha256) after Trainer has saved everything in it.
         self.add_callback(CheckpointManifestCallback())
@@ -152,7 +145,7 @@ class DistillationTrainer(Trainer):
             teachers = [teacher_model]
         self.task = infer_task(self.model)
         self.uses_cache = any(c in (dataset_columns(self.train_dataset) or []) for c in TEACHER_COLUMNS)
-        self._check_teachers(teachers)
+        check_trainer_setup(self, teachers)
         if self.uses_cache or any(c in (dataset_columns(self.eval_dataset) or []) for c in TEACHER_COLUMNS):
             from .cache import TeacherCacheCollator, check_cache_fits
 
@@ -186,29 +179,6 @@ class DistillationTrainer(Trainer):
         self._micro_batch = 0
         self.nonfinite_guard = NonFiniteGuard(args, self.accelerator)
         self._distillation_ready = True
-
-    def _check_teachers(self, teachers: list[nn.Module]) -> None:
-        """Every check that needs the teachers and the data, before anything is placed or trained."""
-        args = self.args
-        check_teacher_sources(teachers, self.uses_cache, args, self.train_dataset)
-        for i, teacher in enumerate(teachers):
-            name = "teacher" if len(teachers) == 1 else f"teacher {i}"
-            check_teacher_is_separate(self.model, teacher)
-            check_label_spaces(self.model, teacher, name)
-            check_vocabularies(self.model, teacher, self.task)
-        alpha_min = min(args.alpha, args.alpha_final if args.alpha_schedule != "constant" else args.alpha)
-        check_labels_present(self.train_dataset, args.alpha, self.label_names, alpha_min)
-        check_setup(
-            self.model,
-            teachers,
-            args,
-            self.train_dataset,
-            self.task,
-            self.processing_class,
-            self.teacher_tokenizer,
-            self.optimizer,
-            eval_dataset=self.eval_dataset,
-        )
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -294,6 +264,8 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         objective, training = self.distillation_objective, model.training
+        if self.augmenter is not None and model.training:  # one view for the student and the teacher alike
+            inputs = self.augmenter(inputs, self.state.global_step)
         model_inputs, targets, cached = split_batch(inputs)
         outputs = model(**model_inputs, **objective.forward_kwargs)
         if objective.needs_live_teacher(cached):

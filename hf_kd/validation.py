@@ -688,3 +688,27 @@ def check_teacher_sources(
                 "recompute them with hf_kd.cache_teacher_outputs(teacher, dataset), or pass "
                 "teacher_cache_check=False if the difference is intended"
             )
+
+
+def check_trainer_setup(trainer: Any, teachers: Sequence[nn.Module]) -> None:
+    """Every check a DistillationTrainer runs at construction, before anything is placed or trained."""
+    args = trainer.args
+    check_teacher_sources(teachers, trainer.uses_cache, args, trainer.train_dataset)
+    for i, teacher in enumerate(teachers):
+        name = "teacher" if len(teachers) == 1 else f"teacher {i}"
+        check_teacher_is_separate(trainer.model, teacher)
+        check_label_spaces(trainer.model, teacher, name)
+        check_vocabularies(trainer.model, teacher, trainer.task)
+    alpha_min = min(args.alpha, args.alpha_final if args.alpha_schedule != "constant" else args.alpha)
+    check_labels_present(trainer.train_dataset, args.alpha, trainer.label_names, alpha_min)
+    check_setup(
+        trainer.model,
+        teachers,
+        args,
+        trainer.train_dataset,
+        trainer.task,
+        trainer.processing_class,
+        trainer.teacher_tokenizer,
+        trainer.optimizer,
+        eval_dataset=trainer.eval_dataset,
+    )

@@ -142,9 +142,9 @@ def build_case(name: str, out: str):
         teacher_model = [teacher, second]
     elif target in ("cached", "topk"):
         top_k = 5 if target == "topk" else None
-        data = cache_teacher_outputs(
-            teacher, data, batch_size=6, top_k=top_k, temperature=settings["temperature"] if top_k else None
-        )
+        # float32 top-k storage, as the cache stored it when these values were pinned (float16 is now the default).
+        extra = dict(top_k=top_k, temperature=settings["temperature"], topk_dtype="float32") if top_k else {}
+        data = cache_teacher_outputs(teacher, data, batch_size=6, **extra)
         teacher_model = None
     args = make_args(
         out,
