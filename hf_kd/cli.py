@@ -1,6 +1,7 @@
 """The `hf-kd` command.
 
     hf-kd distill --config run.yaml [--any_field value ...]   distil a teacher into a student
+    hf-kd finetune --model_name_or_path M --task T ...         fine-tune a pretrained model into a teacher
     hf-kd demo [--quick] [--output-dir DIR]                     the embedded end-to-end demo (offline)
     hf-kd report ...                                            teacher-versus-student comparison table
     hf-kd push ...                                              publish a distilled student to the Hub
@@ -11,15 +12,22 @@
 Each subcommand imports its module only when it runs, so `hf-kd --help` is quick and works even when an
 optional part (for example `optuna` for `tune`) is not installed.
 
-`hf-kd distill` reads three dataclasses through `transformers.HfArgumentParser`: `ModelArguments`,
-`DataArguments` (below) and `hf_kd.DistillationConfig` (every `TrainingArguments` field plus temperature, alpha,
-hidden/attention/embedding weights, layer_map, ...). Values come from, in increasing priority:
+`hf-kd distill` reads four dataclasses through `transformers.HfArgumentParser`: `ModelArguments`,
+`DataArguments`, `RunArguments` (below) and `hf_kd.DistillationConfig` (every `TrainingArguments` field plus
+temperature, alpha, hidden/attention/embedding weights, layer_map, ...); `--help` shows them in the sections model,
+data, distillation and training. run_glue's and TRL's names are aliases of the same fields
+(`--model_name_or_path`, `--max_seq_length`, `--dataset_config`, ...). Values come from, in increasing priority:
 the dataclass defaults, the YAML file given by `--config`, then flags on the command line. So
 
     hf-kd distill --config examples/configs/bbc_news.yaml --alpha 0.9 --output_dir runs/a09
 
 runs the YAML's recipe with alpha 0.9 written to runs/a09. The run works unchanged under
 `accelerate launch -m hf_kd.cli distill ...` and `torchrun -m hf_kd.cli distill ...` (Trainer handles the processes).
+
+A run goes: parse the flags; check the output directory (another run's is refused, the same run's is resumed from
+its last complete checkpoint); read the data (`hf_kd.data`); settle the task and load the teacher, refusing one
+whose task head is untrained; prepare the task's inputs, collator and metrics (`hf_kd.tasks`); build the student;
+train, evaluate, save, and write the card. Every refusal comes before the output directory is touched.
 """
 
 from __future__ import annotations
@@ -427,7 +435,13 @@ def _parser(command: str) -> Any:
             "Fine-tune a pretrained model on the task (plain transformers Trainer), so that it can teach: the same "
             "data flags as hf-kd distill, and the output folder is a teacher for it."
         )
-    parser = HfArgumentParser(types, prog=f"hf-kd {command}", description=description, allow_abbrev=False)
+    parser = HfArgumentParser(
+        types,
+        prog=f"hf-kd {command}",
+        usage=f"hf-kd {command} [--config FILE.yaml] [--FIELD VALUE ...]",
+        description=description,
+        allow_abbrev=False,
+    )
     parser.add_argument("--config", default=None, help="YAML file of field: value pairs (flags override it).")
     # Trainer's fields (and the distillation fields) land in the top-level group: give them their own sections.
     distillation = _distill_config_fields() if command == "distill" else set()
@@ -590,12 +604,13 @@ def prepare_output_dir(command: Command) -> str | bool | None:
             raise CommandError(
                 "--overwrite_output_dir and --resume_from_checkpoint contradict each other: drop one of them"
             )
-        for path in checkpoints_newest_first(output_dir):
-            shutil.rmtree(path)
-        for name in STALE_RESULTS:
-            path = os.path.join(output_dir, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                os.remove(path)
+        if getattr(training, "process_index", 0) == 0:  # one process clears, as one process saves
+            for path in checkpoints_newest_first(output_dir):
+                shutil.rmtree(path)
+            for name in STALE_RESULTS:
+                path = os.path.join(output_dir, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    os.remove(path)
         return None
 
     fingerprint = run_fingerprint(command)
