@@ -971,16 +971,18 @@ def run_distill(argv: Sequence[str]) -> int:
         prepare_output_dir(command)
     record_run(command)
     train_result = trainer.train(resume_from_checkpoint=resume)
+    merged = None
     if model_args.use_peft:
-        trainer.save_merged_student(
-            config.output_dir
-        )  # a full model, so AutoModelFor... and pipeline load it
+        # The adapter merged in: a full model, which AutoModelFor... and pipeline() load like any other.
+        merged = trainer.save_merged_student(config.output_dir)
     else:
         trainer.save_model(config.output_dir)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     student_metrics, teacher_metrics = _evaluate_splits(trainer, prepared)
     trainer.save_state()
+    if merged is not None:
+        trainer.model = merged  # the card measures the model that was saved, not the adapter wrapper
     if trainer.is_world_process_zero():
         license = model_args.license or (_card_license(source) if os.path.isdir(source) else None)
         dataset = data_args.dataset_name if data_args.dataset_name not in (None, *EMBEDDED_DATASETS) else None

@@ -349,3 +349,28 @@ def test_every_example_config_parses(tmp_path):
     pair = cli.parse_command("distill", ["--config", os.path.join(CONFIGS, "text_classification.yaml")])
     assert (pair.data.text_column, pair.data.text_pair_column) == ("sentence1", "sentence2")
     assert pair.data.max_length == 128
+
+
+@pytest.mark.slow
+def test_lora_student_from_parquet_is_saved_merged(tmp_path):
+    import pandas as pd
+
+    teacher = A.save_teacher(str(tmp_path / "teacher"), "BertForSequenceClassification", A.SENTIMENTS)
+    train = str(tmp_path / "train.parquet")
+    pd.DataFrame(A.sentiment_rows(24, 0), columns=["text", "label"]).to_parquet(train)
+    out = tmp_path / "student"
+    code = _distill(
+        "--teacher_model_name_or_path",
+        teacher,
+        "--train_file",
+        train,
+        "--use_peft",
+        "--lora_r",
+        "4",
+        "--output_dir",
+        str(out),
+    )
+    assert code == 0
+    assert not (out / "adapter_config.json").exists()  # a full model, not an adapter
+    _, classify = _pipeline("text-classification", str(out))
+    assert {s["label"] for s in classify("good bad", top_k=None)} == set(A.SENTIMENTS)
