@@ -827,11 +827,12 @@ def load_teacher(command: Command, task: str, source: str) -> Any:
         f"fine-tune it first, for example: hf-kd finetune --model_name_or_path {source} --task {task} "
         "--train_file ... --output_dir my-teacher, then pass --teacher_model_name_or_path my-teacher"
     )
-    if held != task:
+    # A config that records no architecture leaves the question to the loading report below.
+    if architectures and held != task:
         what = (
             f"holds a {held} head ({architectures[0]})"
             if held
-            else f"has no {task} head ({architectures or 'no architectures'})"
+            else f"has no {task} head ({architectures[0]})"
         )
         raise CommandError(f"the teacher {source!r} {what}, not a trained {task} head: {finetune}")
     teacher, info = _from_pretrained(
