@@ -32,7 +32,6 @@ the trainer's KD mask excludes).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -51,6 +50,7 @@ from .teacher import (
     TEACHER_START_LOGITS,
     TEACHER_TOPK_INDICES,
     TEACHER_TOPK_LOG_PROBS,
+    forward_argument_names,
 )
 from .validation import DistillationConfigError, infer_task
 
@@ -59,7 +59,6 @@ logger = logging.getLogger(__name__)
 METADATA_KEY = "hf_kd_teacher_cache"
 CACHE_FORMAT = 1
 # Columns that are never model inputs for the teacher: its forward would compute a loss we do not need.
-_TARGET_COLUMNS = ("labels", "label", "label_ids", "start_positions", "end_positions")
 # Columns aligned with token positions (padded back to the batch's sequence length by the collator).
 _TOKEN_ALIGNED_1D = (TEACHER_START_LOGITS, TEACHER_END_LOGITS)
 
@@ -134,10 +133,11 @@ def _write_metadata(dataset: Any, meta: dict[str, Any]) -> None:
 def _teacher_input_columns(teacher: nn.Module, columns: list[str]) -> list[str]:
     """Dataset columns that the teacher's forward names explicitly (v5 models also take **kwargs, so the
     explicit parameters are the ones that matter); targets are left out so the teacher computes no loss."""
+    from .heads import TARGET_COLUMNS
+
     target = getattr(teacher, "module", teacher)
-    params = inspect.signature(target.forward).parameters
-    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    chosen = [c for c in columns if c in named and c not in _TARGET_COLUMNS]
+    named = forward_argument_names(teacher) or set()
+    chosen = [c for c in columns if c in named and c not in TARGET_COLUMNS]
     if not chosen:
         raise ValueError(
             f"none of the dataset's columns {columns} is an input of {type(target).__name__}.forward "

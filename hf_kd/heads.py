@@ -80,8 +80,10 @@ HEADS: dict[str, HeadSpec] = {
         HeadSpec("generic", _LOGITS, (TEACHER_LOGITS,), ("labels",), False, False, False, "softmax_kl", "ce"),
     )
 }
-# Everything a batch carries for the loss rather than for the model's forward.
+# Everything a batch carries for the loss rather than for the model's forward, and the same in a dataset (where
+# Trainer's collator still renames label / label_ids to labels): never passed to a teacher.
 TARGET_KEYS = (*dict.fromkeys(k for h in HEADS.values() for k in h.target_keys), UNLABELED_KEY)
+TARGET_COLUMNS = (*TARGET_KEYS, "label", "label_ids")
 TOKEN_LEVEL_TASKS = tuple(name for name, h in HEADS.items() if h.token_level and h.name != "qa")
 
 

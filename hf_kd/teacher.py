@@ -164,8 +164,11 @@ def resolve_teacher_dtype(
         logger.info("Teacher precision: %s.", precision.reason)
         return precision
 
-    labels = ("labels", "label", "label_ids", "start_positions", "end_positions")
-    batch = {k: v.to(device) for k, v in sample_batch.items() if torch.is_tensor(v) and k not in labels}
+    from .heads import TARGET_COLUMNS
+
+    batch = {
+        k: v.to(device) for k, v in sample_batch.items() if torch.is_tensor(v) and k not in TARGET_COLUMNS
+    }
     names = forward_argument_names(teacher)
     if names is not None:
         batch = {k: v for k, v in batch.items() if k in names}
@@ -348,9 +351,11 @@ def place_teacher(
 
 
 def forward_argument_names(model: nn.Module) -> set[str] | None:
-    """Names a model's forward accepts, or None when it takes **kwargs (then anything may be passed)."""
+    """The inputs a model's forward names explicitly, or None when it names none (then anything may be passed).
+
+    transformers 5 models also take **kwargs, which swallow any other key silently, so the explicit parameters
+    are the ones that matter: the trainer, the cache and the precision check all pass a teacher only these."""
     target = getattr(model, "module", model)
     params = inspect.signature(target.forward).parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params)
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return named or None
