@@ -312,8 +312,15 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    """What to do with an output directory that already holds files."""
+    """What to do with an output directory that already holds files, and what the card measures."""
 
+    latency_batch_sizes: list[int] = field(
+        default_factory=lambda: [1, 32],
+        metadata={
+            "help": "Batch sizes at which the model card gives teacher and student CPU latency (the median of "
+            "10 timed runs each); fewer or smaller sizes make the card quicker for large models."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -390,6 +397,7 @@ RUN_BOOKKEEPING = {
     "num_train_epochs",
     "max_steps",
     "license",
+    "local_rank",  # differs between the processes of one launch
 }
 RUN_FILE = "hf_kd_run.json"
 
@@ -988,7 +996,14 @@ def run_distill(argv: Sequence[str]) -> int:
         license = model_args.license or (_card_license(source) if os.path.isdir(source) else None)
         dataset = data_args.dataset_name if data_args.dataset_name not in (None, *EMBEDDED_DATASETS) else None
         _write_model_card(
-            trainer, config.output_dir, teacher_metrics, student_metrics, dataset, license, model_args
+            trainer,
+            config.output_dir,
+            teacher_metrics,
+            student_metrics,
+            dataset,
+            license,
+            model_args,
+            tuple(command.run.latency_batch_sizes),
         )
     # Ending the process group by hand avoids gloo's rare abort at exit (about 1 run in 10 on CPU otherwise).
     del teacher, student
@@ -1045,6 +1060,7 @@ def _write_model_card(
     dataset_name: str | None = None,
     license: str | None = None,
     model_args: ModelArguments | None = None,
+    latency_batch_sizes: tuple[int, ...] = (1, 32),
 ) -> str | None:
     """Write the distillation model card when `hf_kd.model_card` is part of this install."""
     try:
@@ -1067,6 +1083,7 @@ def _write_model_card(
         dataset_name=dataset_name,
         license=license,
         base_model=base_model,
+        latency_batch_sizes=latency_batch_sizes,
     )
     return os.path.join(output_dir, "README.md") if card is not None else None
 

@@ -209,4 +209,6 @@ QUICK = [
     "0",
     "--seed",
     "1",
+    "--latency_batch_sizes",
+    "1",
 ]

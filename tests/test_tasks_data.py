@@ -154,3 +154,33 @@ def test_a_teacher_config_without_architectures_is_judged_by_its_weights(tmp_pat
     command = cli.parse_command("distill", ["--output_dir", str(tmp_path / "out")])
     teacher = cli.load_teacher(command, "text-classification", folder)
     assert teacher.config.id2label == dict(enumerate(A.SENTIMENTS))
+
+
+def test_dataset_name_reads_a_datasets_folder_with_its_split_names(tmp_path):
+    # load_dataset on a folder of files reads offline, as it reads a Hub dataset: splits named by the files.
+    folder = tmp_path / "sentiment"
+    folder.mkdir()
+    A.write_csv(str(folder / "train.csv"), ["text", "label"], A.sentiment_rows(20, 0))
+    A.write_csv(str(folder / "test.csv"), ["text", "label"], A.sentiment_rows(6, 1))
+    command = cli.parse_command(
+        "distill",
+        ["--dataset_name", str(folder), "--validation_size", "0.25", "--output_dir", str(tmp_path / "o")],
+    )
+    raw = cli.load_raw_data(command, "text-classification")
+    assert {k: len(v) for k, v in raw.items()} == {"train": 15, "validation": 5, "test": 6}
+    # TRL's --dataset_train_split picks another split to train on.
+    command = cli.parse_command(
+        "distill",
+        ["--dataset_name", str(folder), "--dataset_train_split", "test", "--output_dir", str(tmp_path / "o")],
+    )
+    held = cli.load_raw_data(command, None)
+    texts = list(held["train"]["text"]) + list(held["validation"]["text"])
+    assert sorted(texts) == sorted(r[0] for r in A.sentiment_rows(6, 1))
+    missing = cli.parse_command(
+        "distill",
+        ["--dataset_name", str(folder), "--dataset_train_split", "dev", "--output_dir", str(tmp_path / "o")],
+    )
+    with pytest.raises(
+        cli.CommandError, match=r"'dev' is not a split of .* its splits are \['train', 'test'\]"
+    ):
+        cli.load_raw_data(missing, None)
