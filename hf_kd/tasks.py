@@ -542,6 +542,20 @@ def _answers(row: Mapping[str, Any], data_args: Any) -> tuple[list[str], list[in
     return [], []
 
 
+def answer_token_span(
+    offsets: Sequence[Sequence[int]], context_tokens: Sequence[int], start_char: int, length: int
+) -> tuple[int, int] | None:
+    """(first, last) token of the answer at characters [start_char, start_char + length) of the context, among
+    `context_tokens` (the window's context positions, in order, with character `offsets`); None when the window
+    does not hold the whole answer (the feature then points at the CLS token, as in transformers' run_qa)."""
+    end_char = start_char + length
+    if offsets[context_tokens[0]][0] > start_char or offsets[context_tokens[-1]][1] < end_char:
+        return None
+    first = next(i for i in context_tokens if offsets[i][1] > start_char)
+    last = max(i for i in context_tokens if offsets[i][0] < end_char)
+    return first, last
+
+
 def _prepare_qa(raw: Any, tokenizer: Any, config: Any, data_args: Any, seed: int) -> TaskData:
     if not getattr(tokenizer, "is_fast", False):
         raise TaskDataError(
@@ -596,15 +610,15 @@ def _prepare_qa(raw: Any, tokenizer: Any, config: Any, data_args: Any, seed: int
                 if tokenizer.cls_token_id in encoded["input_ids"][f]
                 else 0
             )
+            context_tokens = [i for i, s in enumerate(sequence_ids) if s == context_index]
+            if not context_tokens:
+                raise TaskDataError(
+                    f"{source}, question {ids[sample_of[f]]!r}: the question fills the whole "
+                    f"{data_args.max_length}-token window, leaving no room for the context: raise --max_seq_length"
+                )
             texts, starts = _answers(row, data_args)
-            start_token = end_token = cls
-            if texts:
-                start_char, end_char = starts[0], starts[0] + len(texts[0])
-                context_tokens = [i for i, s in enumerate(sequence_ids) if s == context_index]
-                first_tok, last_tok = context_tokens[0], context_tokens[-1]
-                if offset[first_tok][0] <= start_char and offset[last_tok][1] >= end_char:
-                    start_token = next(i for i in context_tokens if offset[i][1] > start_char)
-                    end_token = max(i for i in context_tokens if offset[i][0] < end_char)
+            span = answer_token_span(offset, context_tokens, starts[0], len(texts[0])) if texts else None
+            start_token, end_token = span if span is not None else (cls, cls)
             starts_out.append(start_token)
             ends_out.append(end_token)
             offsets.append([tuple(o) if s == context_index else None for o, s in zip(offset, sequence_ids)])
