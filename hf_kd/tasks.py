@@ -326,10 +326,10 @@ def _prepare_classification(raw: Any, tokenizer: Any, config: Any, data_args: An
         has_labels = label is not None and not all(
             v is None or v == -1 for v in ds[label][: min(len(ds), 1000)]
         )  # Hub test splits often hide labels as -1
-        if not has_labels and split == "train":
+        if not has_labels and split in ("train", "validation"):
             raise TaskDataError(
-                f"{source} has no label column among {list(LABEL_COLUMNS)}; its columns are {ds.column_names}: "
-                "pass --label_column NAME"
+                f"{source} has no labels (no column among {list(LABEL_COLUMNS)}, or only -1 in it); its columns "
+                f"are {ds.column_names}: pass --label_column NAME, or a labelled {split} file"
             )
         labelled[split] = has_labels
         encode = _classification_label(kind, names, ds, label, data_args, source) if has_labels else None
