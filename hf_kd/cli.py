@@ -1128,6 +1128,8 @@ def _finetune_model(command: Command, task: str, source: str, raw: Any) -> Any:
             )
             if problem:
                 kwargs["problem_type"] = problem
+        # A model that already has a head for other labels gets a new one of the data's size.
+        kwargs["ignore_mismatched_sizes"] = True
     return _from_pretrained(
         auto_model_class(task),
         source,
