@@ -22,6 +22,8 @@ More rows:
   every seed, the means, and the per-seed paired difference select - random with its standard error.
 
     python bench/compression.py --demo-dir hf_kd_demo --onnx --narrow 2x192 --seeds 0 1 2
+    python bench/compression.py --demo-dir DIR --train-models ...   # trains teacher and 2-layer student into DIR
+    python bench/compression.py --latency-only --onnx --narrow 2x192  # speed and size only, untrained students
 
 All latencies come from one process with the same thread count, interleaved: after a warm-up of every model,
 each of `--runs` rounds times one forward pass of every model in turn (at each batch size), so load from other
