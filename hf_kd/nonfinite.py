@@ -45,6 +45,7 @@ class NonFiniteGuard:
     def __init__(self, args: Any, accelerator: Any) -> None:
         self.args, self.accelerator = args, accelerator
         self.skipped = 0
+        self.active = False  # an optimizer's step reads the flags (else they are read at once)
         self.reset()
 
     def reset(self) -> None:
@@ -96,6 +97,7 @@ class NonFiniteGuard:
 
         optimizer.step = guarded_step
         optimizer._hf_kd_guarded = True
+        self.active = True
 
     def _check_limits(self, first: tuple[str, list[bool]], max_steps: int) -> None:
         """A run that keeps skipping has diverged: stop it as 'raise' would, before it saves a broken model."""

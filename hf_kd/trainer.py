@@ -311,7 +311,7 @@ class DistillationTrainer(Trainer):
             ]
         )
         location = f"global step {self.state.global_step}, micro-batch {self._micro_batch}"
-        deferred = getattr(self.optimizer, "_hf_kd_guarded", False) and not self.is_deepspeed_enabled
+        deferred = self.nonfinite_guard.active and not self.is_deepspeed_enabled
         self.nonfinite_guard.check(flags, location, training, deferred)
         return flags.any()
 
