@@ -31,8 +31,6 @@ from bench import growth, memory, quality, step_cost  # noqa: E402
 from bench.common import BENCH_DIR, REPO_DIR, RESULTS_DIR, load_json, machine_info, machine_line, save_json  # noqa: E402
 
 SECTIONS = ("step_cost", "quality", "memory", "growth", "inference")
-# bench/teacher_cache.py (issue 4's live / cached / plain benchmark) is not a section: the step-cost table has the
-# same three rows, interleaved with the others, so running it again would only spend the hour twice.
 PAGE = os.path.join(REPO_DIR, "docs", "benchmarks.md")
 
 
@@ -54,7 +52,7 @@ QUALITY_MODELS = os.path.join(RESULTS_DIR, "quality_models")  # BBC News, first 
 
 
 def run_inference(quick: bool) -> dict[str, Any]:
-    """bench/compression.py (issue 8's benchmark) on a BBC News teacher, its distilled 2-layer student and the
+    """bench/compression.py on a BBC News teacher, its distilled 2-layer student and the
     no-distillation student: the quality section's first-seed models when it saved them (they were trained in this
     hour anyway), else the models of `hf-kd demo` (run first when missing; about 7 minutes)."""
     path = _path("inference", quick)
