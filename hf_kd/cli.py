@@ -196,6 +196,8 @@ def load_raw_data(command: Command, task: str | None) -> Any:
             "no data: pass --train_file <csv/json/jsonl/parquet file>, --dataset_name <datasets Hub name>, or "
             "--dataset_name bbc_news (embedded)"
         )
+    if args.unlabeled_file or args.unlabeled_fraction:
+        raw["unlabeled"] = _unlabeled_split(raw, args, seed, data)
     if "validation" not in raw and args.validation_size > 0:
         if len(raw["train"]) < 2:
             raise CommandError(
@@ -205,6 +207,56 @@ def load_raw_data(command: Command, task: str | None) -> Any:
         parts = raw["train"].train_test_split(test_size=args.validation_size, seed=seed)
         raw["train"], raw["validation"] = parts["train"], parts["test"]
     return raw
+
+
+def _unlabeled_split(raw: Any, args: Any, seed: int, data: Any) -> Any:
+    """The transfer set: `--unlabeled_file`, or `--unlabeled_fraction` of the training data (labels then hidden)."""
+    if args.unlabeled_file and args.unlabeled_fraction:
+        raise CommandError("pass --unlabeled_file or --unlabeled_fraction, not both")
+    if args.unlabeled_file:
+        formats = {**data.LOCAL_FORMATS, **data.TEXT_FORMATS}
+        try:
+            return data.read_data_files({"unlabeled": args.unlabeled_file}, formats)["unlabeled"]
+        except FileNotFoundError as err:
+            raise CommandError(str(err)) from None
+    if not 0.0 < args.unlabeled_fraction < 1.0:
+        raise CommandError(
+            f"--unlabeled_fraction {args.unlabeled_fraction} must be between 0 and 1 (exclusive)"
+        )
+    parts = raw["train"].train_test_split(test_size=args.unlabeled_fraction, seed=seed)
+    raw["train"] = parts["train"]
+    return parts["test"]
+
+
+def _tokenizers(model_args: ModelArguments, source: str) -> tuple[Any, Any]:
+    """(the tokenizer of the data's input_ids, the teacher's own tokenizer when the student reads other ids)."""
+    from transformers import AutoTokenizer
+
+    from .validation import DistillationConfigError, check_tokenizers
+
+    teacher_tok = _from_pretrained(
+        AutoTokenizer,
+        model_args.tokenizer_name_or_path or source,
+        "--tokenizer_name_or_path",
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    student = model_args.student_model_name_or_path
+    if (
+        model_args.tokenizer_name_or_path
+        or not student
+        or not os.path.isfile(os.path.join(student, "config.json"))
+    ):
+        return teacher_tok, None
+    try:
+        student_tok = AutoTokenizer.from_pretrained(student, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError):  # a student folder without tokenizer files reads the teacher's ids
+        return teacher_tok, None
+    try:
+        check_tokenizers(student_tok, teacher_tok)
+    except DistillationConfigError:
+        # Different ids: each model reads its own tokenization (cross-tokenizer distillation).
+        return student_tok, teacher_tok
+    return teacher_tok, None
 
 
 def _has_labels(columns: Sequence[str], data_args: Any) -> bool:
@@ -367,7 +419,7 @@ def run_distill(argv: Sequence[str]) -> int:
     source = check_model_source(model_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
     resume = prepare_output_dir(command) if not command.run.overwrite_output_dir else None
 
-    from transformers import AutoConfig, AutoTokenizer, set_seed
+    from transformers import AutoConfig, set_seed
 
     from .distributed import shutdown_distributed
     from .tasks import prepare_task_data
@@ -380,18 +432,27 @@ def run_distill(argv: Sequence[str]) -> int:
     raw = load_raw_data(command, model_args.task)
     task = resolve_task(command, teacher_config, source, "--teacher_model_name_or_path", raw)
     teacher = load_teacher(command, task, source)
-    tokenizer = _from_pretrained(
-        AutoTokenizer,
-        model_args.tokenizer_name_or_path or source,
-        "--tokenizer_name_or_path",
-        trust_remote_code=model_args.trust_remote_code,
+    tokenizer, teacher_tokenizer = _tokenizers(model_args, source)
+    if teacher_tokenizer is not None and task != "text-classification":
+        raise CommandError(
+            f"the student's tokenizer differs from the teacher's, which only text-classification can distil (a "
+            f"{task} head compares outputs token by token): use a student with the teacher's tokenizer "
+            "(--student_layers builds one)"
+        )
+    if "unlabeled" in raw and task != "text-classification":
+        raise CommandError(
+            f"--unlabeled_file / --unlabeled_fraction work with text-classification, not {task}"
+        )
+    prepared = prepare_task_data(
+        task, raw, tokenizer, teacher.config, data_args, seed=config.seed, teacher_tokenizer=teacher_tokenizer
     )
-    prepared = prepare_task_data(task, raw, tokenizer, teacher.config, data_args, seed=config.seed)
     student = _load_student(model_args, teacher, task)
     trainer = DistillationTrainer(
         model=student,
         args=config,
         teacher_model=teacher,
+        teacher_tokenizer=teacher_tokenizer,
+        unlabeled_dataset=prepared.datasets.get("unlabeled"),
         train_dataset=prepared.datasets["train"],
         eval_dataset=prepared.datasets.get("validation"),
         processing_class=tokenizer,

@@ -164,6 +164,11 @@ class DataArguments:
             Keep only the first N training / evaluation examples (quick runs).
         validation_size (`float`, defaults to 0.1):
             Share of train held out for validation when the data has no validation split.
+        unlabeled_file (`str`, *optional*):
+            A transfer set: text without labels, in any of the formats above, that the teacher labels and that
+            takes the KD term only (`unlabeled_ratio` of it per labelled example in each batch).
+        unlabeled_fraction (`float`, defaults to 0):
+            Hide the labels of this share of the training data and use it as the transfer set instead.
     """
 
     _argument_group_name = "data"
@@ -241,6 +246,20 @@ class DataArguments:
     validation_size: float = field(
         default=0.1,
         metadata={"help": "Share of train held out for validation when there is no validation split."},
+    )
+    unlabeled_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A transfer set: in-domain text without labels (csv, json, jsonl, parquet or txt, with the "
+            "same text columns) that the teacher labels; it takes the KD term only. text-classification."
+        },
+    )
+    unlabeled_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Hide the labels of this share of the training data and use it as a transfer set "
+            "(text-classification)."
+        },
     )
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .cross_tokenizer import INPUT_NAMES as TEACHER_INPUT_NAMES
+
 IGNORE_INDEX = -100
 
 
@@ -289,11 +291,20 @@ def _limit(dsdict: Any, max_train: int | None, max_eval: int | None) -> Any:
 
 
 def prepare_task_data(
-    task: str, raw: Any, tokenizer: Any, config: Any, data_args: Any, seed: int = 42
+    task: str,
+    raw: Any,
+    tokenizer: Any,
+    config: Any,
+    data_args: Any,
+    seed: int = 42,
+    teacher_tokenizer: Any = None,
 ) -> TaskData:
     """Tokenise and label every split of `raw` for `task`, with the labels of `config` (the teacher's).
-    `seed` fixes the masking of fill-mask batches."""
+    `seed` fixes the masking of fill-mask batches. `teacher_tokenizer`: text-classification only, the teacher's
+    own tokenizer when it differs from the student's (its ids go to `teacher_*` columns)."""
     raw = _limit(raw, data_args.max_train_samples, data_args.max_eval_samples)
+    if teacher_tokenizer is not None:
+        return _prepare_classification(raw, tokenizer, config, data_args, seed, teacher_tokenizer)
     preparers = {
         "text-classification": _prepare_classification,
         "token-classification": _prepare_tokens,
@@ -311,7 +322,9 @@ def _source(data_args: Any, split: str) -> str:
 # text classification ------------------------------------------------------------------------------------------
 
 
-def _prepare_classification(raw: Any, tokenizer: Any, config: Any, data_args: Any, seed: int) -> TaskData:
+def _prepare_classification(
+    raw: Any, tokenizer: Any, config: Any, data_args: Any, seed: int, teacher_tokenizer: Any = None
+) -> TaskData:
     kind = classification_kind(config)
     names = _names(config)
     out, labelled = {}, {}
@@ -338,6 +351,9 @@ def _prepare_classification(raw: Any, tokenizer: Any, config: Any, data_args: An
             texts = [str(t) if t is not None else "" for t in batch[text]]
             pairs = [str(t) if t is not None else "" for t in batch[pair]] if pair else None
             encoded = tokenizer(texts, pairs, truncation=True, max_length=data_args.max_length)
+            if teacher_tokenizer is not None:
+                theirs = teacher_tokenizer(texts, pairs, truncation=True, max_length=data_args.max_length)
+                encoded.update({f"teacher_{k}": v for k, v in theirs.items() if k in TEACHER_INPUT_NAMES})
             if encode is not None:
                 encoded["labels"] = [encode(v) for v in batch[label]]
             return encoded
