@@ -317,6 +317,66 @@ def _versions() -> dict[str, str]:
 # ---- the card -----------------------------------------------------------------------------------------------
 
 
+def _card_metrics(
+    trainer: Any, teacher: Any, teacher_metrics: dict | None, student_metrics: dict | None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The card's figures: as given, else evaluated now (the student by the trainer, the teacher by a plain
+    Trainer), else the student's last logged evaluation (several processes: the card is written on process 0)."""
+    single_process = trainer.args.world_size <= 1
+    if student_metrics is None:
+        if single_process and trainer.eval_dataset is not None:
+            student_metrics = trainer.evaluate()
+        else:
+            logged = [e for e in trainer.state.log_history if any(k.startswith("eval_") for k in e)]
+            student_metrics = logged[-1] if logged else {}
+    if teacher_metrics is None:
+        if teacher is not None and trainer.eval_dataset is not None and single_process:
+            teacher_metrics = _evaluate_teacher(trainer, teacher)
+        else:
+            teacher_metrics = {}
+    return teacher_metrics, student_metrics
+
+
+def _card_measurements(
+    student: Any, teacher: Any, measure: bool, batch_sizes: tuple[int, ...], seq_len: int
+) -> tuple[dict[str, Any], int]:
+    """Parameters, size and CPU latency of the student as published (no projections) and of the teacher."""
+    # A synthetic batch longer than the position table would fail; measure at the longest length both allow.
+    for model in (student, teacher):
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            seq_len = min(seq_len, limit)
+    measurements: dict[str, Any] = {}
+    if measure:
+        from .layer_map import without_projections
+
+        with without_projections(student):
+            measurements["student"] = _measure(student, "student", batch_sizes, seq_len)
+        if teacher is not None:
+            measurements["teacher"] = _measure(teacher, "teacher", batch_sizes, seq_len)
+    return measurements, seq_len
+
+
+def _card_sizes(teacher: Any, summary: dict[str, Any], output_dir: str) -> tuple[str | None, dict[str, Any]]:
+    """Where the teacher came from, and both models' sizes on disk."""
+    teacher_source = (
+        getattr(getattr(teacher, "config", None), "_name_or_path", None) if teacher is not None else None
+    )
+    if teacher_source is None and summary.get("teachers"):
+        teacher_source = summary["teachers"][0]
+    sizes = {"student": size_on_disk(output_dir)}
+    if sizes["student"] is None:
+        logger.warning(
+            "No saved weights in %s yet: the card gives the size the measurement saved to a temporary directory. Call "
+            "trainer.save_model() first to report the size on disk.",
+            output_dir,
+        )
+    sizes["teacher"] = (
+        size_on_disk(teacher_source) if teacher_source and os.path.isdir(teacher_source) else None
+    )
+    return teacher_source, sizes
+
+
 def create_distillation_model_card(
     trainer: Any,
     output_dir: str | os.PathLike | None = None,
@@ -358,53 +418,11 @@ def create_distillation_model_card(
     student = trainer.accelerator.unwrap_model(trainer.model)
     teacher = trainer.teacher
     teacher = getattr(teacher, "module", teacher)
-    single_process = trainer.args.world_size <= 1
-
-    if student_metrics is None:
-        if single_process and trainer.eval_dataset is not None:
-            student_metrics = trainer.evaluate()
-        else:
-            logged = [e for e in trainer.state.log_history if any(k.startswith("eval_") for k in e)]
-            student_metrics = logged[-1] if logged else {}
-    if teacher_metrics is None:
-        if teacher is not None and trainer.eval_dataset is not None and single_process:
-            teacher_metrics = _evaluate_teacher(trainer, teacher)
-        else:
-            teacher_metrics = {}
-
-    # A synthetic batch longer than the position table would fail; measure at the longest length both allow.
-    for model in (student, teacher):
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if isinstance(limit, int) and limit > 0:
-            latency_seq_len = min(latency_seq_len, limit)
-    measurements: dict[str, Any] = {}
-    if measure:
-        from .layer_map import without_projections
-
-        with without_projections(student):
-            measurements["student"] = _measure(
-                student, "student", tuple(latency_batch_sizes), latency_seq_len
-            )
-        if teacher is not None:
-            measurements["teacher"] = _measure(
-                teacher, "teacher", tuple(latency_batch_sizes), latency_seq_len
-            )
-
-    teacher_source = (
-        getattr(getattr(teacher, "config", None), "_name_or_path", None) if teacher is not None else None
+    teacher_metrics, student_metrics = _card_metrics(trainer, teacher, teacher_metrics, student_metrics)
+    measurements, latency_seq_len = _card_measurements(
+        student, teacher, measure, tuple(latency_batch_sizes), latency_seq_len
     )
-    if teacher_source is None and summary.get("teachers"):
-        teacher_source = summary["teachers"][0]
-    sizes = {"student": size_on_disk(output_dir)}
-    if sizes["student"] is None:
-        logger.warning(
-            "No saved weights in %s yet: the card gives the size the measurement saved to a temporary directory. Call "
-            "trainer.save_model() first to report the size on disk.",
-            output_dir,
-        )
-    sizes["teacher"] = (
-        size_on_disk(teacher_source) if teacher_source and os.path.isdir(teacher_source) else None
-    )
+    teacher_source, sizes = _card_sizes(teacher, summary, output_dir)
 
     config = getattr(student, "config", None)
     if base_model is None:
