@@ -404,6 +404,104 @@ def _join_shards(parts: list[str], path: str, meta: dict[str, Any]) -> None:
     os.replace(staging, path)
 
 
+def _checked_arguments(
+    top_k: int | None, temperature: float | None, on_corrupt: str, topk_dtype: str
+) -> int | None:
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt={on_corrupt!r} is not one of {list(ON_CORRUPT)}")
+    if topk_dtype not in TOPK_DTYPES:
+        raise ValueError(f"topk_dtype={topk_dtype!r} is not one of {list(TOPK_DTYPES)}")
+
+    if top_k is not None:
+        if int(top_k) < 1:
+            raise ValueError(f"top_k={top_k} must be a positive number of classes to keep, or None for all")
+        if temperature is None or temperature <= 0:
+            raise ValueError(
+                f"top_k={top_k} stores log_softmax(logits / temperature), which holds at one temperature only: "
+                f"pass temperature=<the run's DistillationConfig.temperature> (got {temperature})"
+            )
+        top_k = int(top_k)
+    return top_k
+
+
+def _cache_metadata(
+    teacher: nn.Module,
+    tokenizer: Any,
+    dataset: Any,
+    top_k: int | None,
+    temperature: float | None,
+    topk_dtype: str,
+) -> dict[str, Any]:
+    """What identifies a cache: teacher weights, tokenizer, data, top-k and its temperature and storage."""
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "teacher_fingerprint": teacher_fingerprint(teacher),
+        "teacher_name": _model_name(teacher),
+        "teacher_revision": getattr(getattr(teacher, "config", None), "_commit_hash", None),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+        "top_k": top_k,
+        "temperature": float(temperature) if temperature is not None else None,
+    }
+    if top_k is not None:
+        meta["topk_dtype"] = (
+            topk_dtype  # in the key only for top-k caches, so full-logit keys stay as they were
+        )
+    return meta
+
+
+def _reuse_or_rebuild(path: str, key: str, rank: int, world: int, on_corrupt: str) -> Any:
+    """The cache at `path` when it is complete and its content hash holds; None when it is to be (re)built.
+    Rank 0 checks it and tells the others, so that every process reuses, raises or rebuilds alike."""
+    from datasets import load_from_disk
+
+    verdict: list[Any] = [("build", None)]
+    if rank == 0 and os.path.isdir(path):
+        loaded, problem = _load_verified(path, key)
+        verdict = [("reuse", None) if loaded is not None else ("bad", problem)]
+        del loaded
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(verdict, from_process=0)
+    action, problem = verdict[0]
+    if action == "reuse":
+        logger.info("Reusing cached teacher outputs from %s (cache key %s).", path, key)
+        return load_from_disk(path)
+    if action == "bad" and on_corrupt == "raise":
+        raise TeacherCacheError(
+            f"the teacher cache at {path} is unusable: {problem}. Delete that folder, or call "
+            "cache_teacher_outputs with on_corrupt='rebuild' to recompute it"
+        )
+    if action == "bad" and rank == 0:
+        logger.warning("The teacher cache at %s is unusable: %s. Rebuilding it.", path, problem)
+    return None
+
+
+def _save_joined(part: Any, path: str, rank: int, world: int, meta: dict[str, Any]) -> Any:
+    """Every process writes its part; rank 0 joins them (in rank order) at `path`; all read the result back."""
+    from datasets import load_from_disk
+
+    parts_dir = f"{path}.parts"
+    mine = os.path.join(parts_dir, f"process-{rank:05d}-of-{world:05d}")
+    _write_metadata(part, meta)
+    part.save_to_disk(mine, num_shards=1)
+    del part
+    _barrier(world)
+    if rank == 0:
+        import shutil
+
+        parts = [os.path.join(parts_dir, f"process-{r:05d}-of-{world:05d}") for r in range(world)]
+        _join_shards(parts, path, meta)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        logger.info(
+            "Saved teacher outputs to %s (cache key %s): %d shard(s), %.1f bytes per example.",
+            path, meta["cache_key"], world, meta["bytes_per_example"],
+        )  # fmt: skip
+    _barrier(world)
+    return load_from_disk(path)
+
+
 def cache_teacher_outputs(
     teacher: nn.Module,
     dataset: Any,
@@ -461,7 +559,7 @@ def cache_teacher_outputs(
     The collator and batch size are not part of the key: they change only padding, and a cache whose rows do not
     match the training batches' real tokens is refused by `TeacherCacheCollator`.
     """
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import Dataset, DatasetDict
     from transformers import DataCollatorWithPadding, default_data_collator
 
     if isinstance(dataset, DatasetDict):
@@ -490,35 +588,9 @@ def cache_teacher_outputs(
             "an IterableDataset is read once and has no fingerprint to key a cache on; materialise it with "
             "Dataset.from_generator first"
         )
-    if on_corrupt not in ON_CORRUPT:
-        raise ValueError(f"on_corrupt={on_corrupt!r} is not one of {list(ON_CORRUPT)}")
-    if topk_dtype not in TOPK_DTYPES:
-        raise ValueError(f"topk_dtype={topk_dtype!r} is not one of {list(TOPK_DTYPES)}")
-
-    if top_k is not None:
-        if int(top_k) < 1:
-            raise ValueError(f"top_k={top_k} must be a positive number of classes to keep, or None for all")
-        if temperature is None or temperature <= 0:
-            raise ValueError(
-                f"top_k={top_k} stores log_softmax(logits / temperature), which holds at one temperature only: "
-                f"pass temperature=<the run's DistillationConfig.temperature> (got {temperature})"
-            )
-        top_k = int(top_k)
+    top_k = _checked_arguments(top_k, temperature, on_corrupt, topk_dtype)
     task = infer_task(teacher)
-    meta: dict[str, Any] = {
-        "format": CACHE_FORMAT,
-        "teacher_fingerprint": teacher_fingerprint(teacher),
-        "teacher_name": _model_name(teacher),
-        "teacher_revision": getattr(getattr(teacher, "config", None), "_commit_hash", None),
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-        "top_k": top_k,
-        "temperature": float(temperature) if temperature is not None else None,
-    }
-    if top_k is not None:
-        meta["topk_dtype"] = (
-            topk_dtype  # in the key only for top-k caches, so full-logit keys stay as they were
-        )
+    meta = _cache_metadata(teacher, tokenizer, dataset, top_k, temperature, topk_dtype)
     key = _cache_key(meta)
     rank, world, device = _process_layout(device)
     if world > 1 and cache_dir is None:
@@ -529,27 +601,9 @@ def cache_teacher_outputs(
     path = os.path.join(os.fspath(cache_dir), f"teacher-outputs-{key}") if cache_dir is not None else None
 
     if path is not None:
-        # Rank 0 checks the cache and tells the others, so that every process reuses, raises or rebuilds alike.
-        verdict: list[Any] = [("build", None)]
-        if rank == 0 and os.path.isdir(path):
-            loaded, problem = _load_verified(path, key)
-            verdict = [("reuse", None) if loaded is not None else ("bad", problem)]
-            del loaded
-        if world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(verdict, from_process=0)
-        action, problem = verdict[0]
-        if action == "reuse":
-            logger.info("Reusing cached teacher outputs from %s (cache key %s).", path, key)
-            return load_from_disk(path)
-        if action == "bad" and on_corrupt == "raise":
-            raise TeacherCacheError(
-                f"the teacher cache at {path} is unusable: {problem}. Delete that folder, or call "
-                "cache_teacher_outputs with on_corrupt='rebuild' to recompute it"
-            )
-        if action == "bad" and rank == 0:
-            logger.warning("The teacher cache at %s is unusable: %s. Rebuilding it.", path, problem)
+        reused = _reuse_or_rebuild(path, key, rank, world, on_corrupt)
+        if reused is not None:
+            return reused
 
     columns = list(dataset.column_names)
     if has_teacher_inputs(columns):  # the teacher's own tokenization (cross-tokenizer distillation)
@@ -583,24 +637,7 @@ def cache_teacher_outputs(
         logger.info("Teacher outputs: %.1f bytes per example.", meta["bytes_per_example"])
         return part
 
-    parts_dir = f"{path}.parts"
-    mine = os.path.join(parts_dir, f"process-{rank:05d}-of-{world:05d}")
-    _write_metadata(part, meta)
-    part.save_to_disk(mine, num_shards=1)
-    del part
-    _barrier(world)
-    if rank == 0:
-        import shutil
-
-        parts = [os.path.join(parts_dir, f"process-{r:05d}-of-{world:05d}") for r in range(world)]
-        _join_shards(parts, path, meta)
-        shutil.rmtree(parts_dir, ignore_errors=True)
-        logger.info(
-            "Saved teacher outputs to %s (cache key %s): %d shard(s), %.1f bytes per example.",
-            path, key, world, meta["bytes_per_example"],
-        )  # fmt: skip
-    _barrier(world)
-    return load_from_disk(path)
+    return _save_joined(part, path, rank, world, meta)
 
 
 # ---- checks against the student and the run -------------------------------------------------------------
