@@ -31,7 +31,7 @@ def tokenizer(tmp_path_factory):
     path.write_text(
         "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"t{i}" for i in range(5, VOCAB)])
     )
-    return BertTokenizer(vocab_file=str(path))
+    return BertTokenizer(vocab=str(path))
 
 
 def unpadded_token_dataset(n=12, seed=0) -> Dataset:

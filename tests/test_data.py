@@ -104,7 +104,7 @@ def test_tokenize_dataset_truncates_and_renames_labels(tmp_path, bbc):
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a"]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    tokenizer = BertTokenizerFast(vocab=str(vocab))
     small = bbc.filter(lambda _, i: i < 4, with_indices=True)
     encoded = tokenize_dataset(small, tokenizer, max_length=16)
     assert encoded["train"].column_names == [

@@ -31,7 +31,7 @@ def tiny_tokenizer(directory):
     path = os.path.join(directory, "vocab.txt")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(special + words) + "\n")
-    return BertTokenizerFast(vocab_file=path)
+    return BertTokenizerFast(vocab=path)
 
 
 def make_trainer(output_dir, tmp_path, **config_kw):
