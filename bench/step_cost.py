@@ -1,9 +1,9 @@
 """Step cost: seconds per training step of hf-kd against a hand-written PyTorch loop (the floor) and TextBrewer,
 and the end-to-end wall time of a 3-epoch distillation with each of hf-kd's speed levers on its own.
 
-    python bench/step_cost.py            # fine-tuned MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, len 128
-    python bench/step_cost.py --quick    # tiny sizes: checks every path in a few minutes (figures meaningless)
-    python bench/step_cost.py --precision   # teacher_dtype="auto" only: its decision and live step vs Trainer
+    python -m bench.step_cost            # fine-tuned MiniLM-L6 teacher, 2-layer student, BBC News, batch 32, len 128
+    python -m bench.step_cost --quick    # tiny sizes: checks every path in a few minutes (figures meaningless)
+    python -m bench.step_cost --precision   # teacher_dtype="auto" only: its decision and live step vs Trainer
 
 Per-step methods (all on the same fixed batches, the same teacher-initialised student, the same loss
 `alpha * T^2 * KL + (1 - alpha) * CE`, the same fused AdamW that `Trainer` builds, gradient clipping at 1.0):
@@ -47,15 +47,14 @@ import threading
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     BBC_TEACHER_RECIPE,
     BENCH_DIR,
     QUICK_TEACHER_RECIPE,
+    REPO_DIR,
     RESULTS_DIR,
     TaskSpec,
     base_args,
@@ -68,8 +67,8 @@ from bench.common import (  # noqa: E402
     quiet_trainer,
     quiet_transformers,
     save_json,
+    split_accuracy,
     teacher_path,
-    test_accuracy,
 )
 
 TEXTBREWER_PYTHON = os.path.join(BENCH_DIR, ".venv-textbrewer", "bin", "python")
@@ -363,7 +362,8 @@ class TextBrewerWorker:
             "output_dir": os.path.join(RESULTS_DIR, "tmp", "textbrewer"),
         }
         self.proc = subprocess.Popen(
-            [TEXTBREWER_PYTHON, os.path.abspath(__file__), "--textbrewer-worker", json.dumps(config)],
+            [TEXTBREWER_PYTHON, "-m", "bench.step_cost", "--textbrewer-worker", json.dumps(config)],
+            cwd=REPO_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -481,7 +481,7 @@ def textbrewer_worker(config_json: str) -> None:
                     optimizer, loader, num_epochs=int(request["value"]), max_grad_norm=MAX_GRAD_NORM
                 )
             seconds = time.perf_counter() - started
-            accuracy = test_accuracy(student, tokenized["test"], tokenizer)  # outside the timed window
+            accuracy = split_accuracy(student, tokenized["test"], tokenizer)  # outside the timed window
             send({"seconds": seconds, "load_seconds": load_seconds, "accuracy": accuracy})
 
 
@@ -534,7 +534,7 @@ def hfkd_job(setting: Setting, lever: str, epochs: int) -> tuple[float, float]:
     )
     quiet_trainer(trainer).train()
     seconds = time.perf_counter() - started
-    return seconds, test_accuracy(trainer.model, setting.tokenized["test"], setting.tokenizer)
+    return seconds, split_accuracy(trainer.model, setting.tokenized["test"], setting.tokenizer)
 
 
 TEACHER_LEVERS = {
@@ -726,8 +726,8 @@ def precision_run(
     test = setting.tokenized["test"]
     with torch.inference_mode():
         accuracy = {
-            "float32": test_accuracy(setting.teacher, test, setting.tokenizer),
-            "auto": test_accuracy(half, test, setting.tokenizer),
+            "float32": split_accuracy(setting.teacher, test, setting.tokenizer),
+            "auto": split_accuracy(half, test, setting.tokenizer),
         }
     del half
     steppers = {m: setting.trainer_stepper(m, rounds) for m in ("hfkd_live_auto", "hfkd_live", "trainer")}

@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     RESULTS_DIR,
     base_args,
     load_tokenizer,
@@ -39,7 +36,7 @@ from bench.common import (  # noqa: E402
     save_json,
     teacher_path,
 )
-from bench.common import test_accuracy as accuracy_on  # noqa: E402
+from bench.common import split_accuracy as accuracy_on
 
 LABELLED = 100
 STUDENT_LAYERS = 2
