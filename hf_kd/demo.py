@@ -146,30 +146,23 @@ def _training_args(
 
 
 def _measure(model: Any, name: str, settings: DemoSettings) -> dict[str, Any]:
-    """Parameters, size and CPU latency, from `hf_kd.compression.measure_model` when it is available."""
-    try:
-        from .compression import measure_model
-    except ImportError:
-        measure_model = None
-    if measure_model is not None:
-        m = measure_model(
-            model,
-            name=name,
-            batch_sizes=(settings.latency_batch_size,),
-            seq_len=settings.max_length,
-            warmup=2,
-            runs=settings.latency_runs,
-            device="cpu",
-        )
-        return {
-            "parameters": m.num_parameters,
-            "size_mb": m.size_bytes / 1e6,
-            "latency_ms": m.latency_ms[settings.latency_batch_size],
-        }
-    # Fallback without the compression module: parameters and in-memory size only.
-    parameters = sum(p.numel() for p in model.parameters())
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"parameters": parameters, "size_mb": size / 1e6, "latency_ms": None}
+    """Parameters, size and CPU latency (`hf_kd.compression.measure_model`)."""
+    from .compression import measure_model
+
+    m = measure_model(
+        model,
+        name=name,
+        batch_sizes=(settings.latency_batch_size,),
+        seq_len=settings.max_length,
+        warmup=2,
+        runs=settings.latency_runs,
+        device="cpu",
+    )
+    return {
+        "parameters": m.num_parameters,
+        "size_mb": m.size_bytes / 1e6,
+        "latency_ms": m.latency_ms[settings.latency_batch_size],
+    }
 
 
 def format_results_table(rows: list[dict[str, Any]], settings: DemoSettings) -> str:
@@ -448,10 +441,8 @@ def _onnx_rows(
     students: list[tuple[str, Any]], raw_test: Any, tokenizer: Any, settings: DemoSettings, workdir: str
 ) -> list[dict[str, Any]]:
     """ONNX Runtime float32 and int8 rows for each student: size of the file, batch-1 latency, test metrics."""
-    try:
-        from .export import OnnxClassifier, export_onnx, onnx_input_names, quantize_onnx_int8, time_batch1
-    except ImportError:
-        return []
+    from .export import OnnxClassifier, export_onnx, onnx_input_names, quantize_onnx_int8, time_batch1
+
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -514,11 +505,8 @@ def _write_card(
     student_test: dict[str, float],
     settings: DemoSettings,
 ) -> str | None:
-    try:
-        from .model_card import create_distillation_model_card
-    except ImportError as err:
-        logger.warning("Model card skipped: hf_kd.model_card is not available (%s).", err)
-        return None
+    from .model_card import create_distillation_model_card
+
     create_distillation_model_card(
         trainer,
         output_dir=output_dir,
