@@ -27,6 +27,7 @@ from typing import Any
 from bench.common import (
     RESULTS_DIR,
     base_args,
+    load_json,
     load_tokenizer,
     machine_info,
     machine_line,
@@ -143,9 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     a = parser.parse_args(argv)
     quiet_transformers()
     info = machine_info()
-    runs = []
     path = os.path.join(RESULTS_DIR, "transfer_quick.json" if a.quick else "transfer.json")
+    # Seeds already in the results file are kept (a rerun resumes); each new seed is saved as soon as it ends.
+    runs = load_json(path)["runs"] if os.path.isfile(path) else []
     for seed in range(a.seeds):
+        if any(r["seed"] == seed for r in runs):
+            continue
         runs.append(run_seed(seed, a.quick))
         save_json({"machine": info, "runs": runs}, path)
     print(report(runs, info))
