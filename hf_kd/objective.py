@@ -93,18 +93,22 @@ class TeacherTargets:
 
     Exactly one of `logits` (one tensor per logits key; span heads with padding at -inf), `log_probs` (an
     ensemble's mixed softmax at the run's temperature) or `topk_log_probs`/`topk_indices` (a top-k cache) is
-    set. `predictions` are the teacher's own choices, for agreement metrics; `hidden_states` and `attentions`
-    come from a single live teacher.
+    set. `predictions` are the teacher's own choices, for agreement metrics, worked out only when asked for
+    (evaluation), not on every training step; `hidden_states` and `attentions` come from a single live teacher.
     """
 
     logits: list[torch.Tensor] | None = None
     log_probs: list[torch.Tensor] | None = None
     topk_log_probs: torch.Tensor | None = None
     topk_indices: torch.Tensor | None = None
-    predictions: list[torch.Tensor] | None = None
+    predict: Any = None  # () -> one prediction tensor per logits key
     hidden_states: Any = None
     attentions: Any = None
     live: bool = True
+
+    @property
+    def predictions(self) -> list[torch.Tensor | None] | None:
+        return self.predict() if self.predict is not None else None
 
 
 def _distillation_field_names() -> list[str]:
@@ -443,7 +447,7 @@ class DistillationObjective(nn.Module):
             hidden_states=first.get("hidden_states") if len(outputs) == 1 else None,
             attentions=first.get("attentions") if len(outputs) == 1 else None,
         )
-        targets.predictions = [
+        targets.predict = lambda: [
             self._predict([m[i] for m in raw], weights) for i in range(len(head.logits_keys))
         ]
         if len(outputs) == 1:
@@ -477,7 +481,7 @@ class DistillationObjective(nn.Module):
             return TeacherTargets(
                 topk_log_probs=cached[TEACHER_TOPK_LOG_PROBS],
                 topk_indices=cached[TEACHER_TOPK_INDICES],
-                predictions=[cached[TEACHER_TOPK_INDICES][..., 0]],
+                predict=lambda: [cached[TEACHER_TOPK_INDICES][..., 0]],
                 live=False,
             )
         missing = [c for c in self.head.cached_columns if c not in cached]
@@ -489,7 +493,7 @@ class DistillationObjective(nn.Module):
         columns = [cached[c] for c in self.head.cached_columns]
         return TeacherTargets(
             logits=[self._mask(c, attention_mask) for c in columns],
-            predictions=[self._predict([c], [1.0]) for c in columns],
+            predict=lambda: [self._predict([c], [1.0]) for c in columns],
             live=False,
         )
 
@@ -660,11 +664,12 @@ class DistillationObjective(nn.Module):
         self, outputs: Any, targets: TeacherTargets, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(items where the student chooses as the teacher does, items), or None when the head has no choice."""
-        if not targets.predictions or any(p is None for p in targets.predictions):
+        predictions = targets.predictions
+        if not predictions or any(p is None for p in predictions):
             return None
         agree = torch.zeros((), dtype=torch.long)
         total = torch.zeros((), dtype=torch.long)
-        for key, teacher_pred in zip(self.head.logits_keys, targets.predictions):
+        for key, teacher_pred in zip(self.head.logits_keys, predictions):
             logits = outputs[key]
             student_pred = logits.gt(0) if self.head.kd_loss == "sigmoid_kl" else logits.argmax(-1)
             same = student_pred.eq(teacher_pred.to(student_pred.device))
