@@ -182,6 +182,7 @@ def _train_models(demo_dir: str) -> None:
         ),
         temperature=2.0,
         alpha=0.5,
+        teacher_dtype="float32",  # the measured recipe; the trainer's default would pick by measurement
         hidden_weight=1.0,
     )
     trainer = DistillationTrainer(
@@ -243,6 +244,7 @@ def _recover(
         warmup_steps=0,
         temperature=2.0,
         alpha=0.5,
+        teacher_dtype="float32",  # the measured recipe; the trainer's default would pick by measurement
         report_to=[],
         save_strategy="no",
         use_cpu=True,
@@ -314,6 +316,7 @@ def _distil_narrow(
         weight_decay=0.01,
         temperature=2.0,
         alpha=0.5,
+        teacher_dtype="float32",  # the measured recipe; the trainer's default would pick by measurement
         hidden_weight=1.0,
         layer_map="uniform",
         bf16=args.narrow_bf16,

@@ -55,7 +55,8 @@ def epoch_time(
     args = DistillationConfig(
         **base_args(
             os.path.join(RESULTS_DIR, "tmp", "growth"), 0, per_device_train_batch_size=batch_size, **limit
-        )
+        ),
+        teacher_dtype="float32",  # the measured recipe (the default would pick the teacher's dtype by measurement)
     )
     trainer = DistillationTrainer(
         model=make_student(teacher, num_layers=2),

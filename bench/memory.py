@@ -105,7 +105,9 @@ def child(config: str, quick: bool, steps: int, batch_size: int) -> dict[str, An
             model=student, args=TrainingArguments(**common), train_dataset=train, processing_class=tokenizer
         )
     else:
-        args = DistillationConfig(**common, hidden_weight=1.0 if config == "hidden" else 0.0)
+        args = DistillationConfig(
+            **common, hidden_weight=1.0 if config == "hidden" else 0.0, teacher_dtype="float32"
+        )
         trainer = DistillationTrainer(
             model=student, args=args, teacher_model=teacher, train_dataset=train, processing_class=tokenizer
         )

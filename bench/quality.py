@@ -166,6 +166,7 @@ def _train_student(
             temperature=recipe.temperature,
             alpha=recipe.alpha,
             hidden_weight=recipe.hidden_weight if method == "hidden" else 0.0,
+            teacher_dtype="float32",  # the measured recipe (the default would pick by measurement)
         )
         trainer = DistillationTrainer(
             model=student,

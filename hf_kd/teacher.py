@@ -144,7 +144,8 @@ def resolve_teacher_dtype(
         device: where the teacher will run; default the teacher's device.
         requested: `auto`, or a forced `float32`, `bfloat16` or `float16` (returned as is, without a check).
 
-    `auto` gives bfloat16 when the device runs it natively (`bf16_is_fast`) and a bfloat16 copy of the teacher
+    `auto` keeps a teacher loaded in another dtype than float32 as it is. For a float32 teacher it gives
+    bfloat16 when the device runs it natively (`bf16_is_fast`) and a bfloat16 copy of the teacher
     agrees with the float32 teacher on `sample_batch`: argmax agreement >= `BF16_MIN_AGREEMENT` and mean KL per
     item <= `BF16_MAX_KL`. Otherwise float32. Either way the figures and the reason are logged and returned. The
     copy costs half the teacher's float32 memory for the duration of the check.
@@ -157,6 +158,14 @@ def resolve_teacher_dtype(
             f"teacher_dtype={requested!r} is not one of ['auto', {', '.join(map(repr, forced))}]"
         )
     param = next(teacher.parameters(), None)
+    if param is not None and param.dtype != torch.float32:
+        # The user chose the teacher's precision when loading it (torch_dtype=...): auto leaves it alone.
+        dtype = param.dtype
+        precision = TeacherPrecision(
+            dtype, None, None, f"{str(dtype).removeprefix('torch.')}: the teacher was loaded in it"
+        )
+        logger.info("Teacher precision: %s.", precision.reason)
+        return precision
     device = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
     fast, why = bf16_is_fast(device)
     if not fast:

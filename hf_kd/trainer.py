@@ -18,11 +18,13 @@ the update for batch 4 x accumulation 2, for sequence- and token-level heads ali
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import fields
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -31,12 +33,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .augment import make_augmenter
 from .checkpoints import CheckpointManifestCallback, check_resumable
 from .config import DistillationConfig
-from .cross_tokenizer import TEACHER_INPUT_COLUMNS, CrossTokenizerCollator, has_teacher_inputs
+from .cross_tokenizer import TEACHER_INPUT_COLUMNS, CrossTokenizerCollator, has_teacher_inputs, teacher_inputs
 from .layer_map import PROJECTIONS_FILE, HiddenProjections, strip_projections
 from .nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite  # noqa: F401  (NonFiniteLossError: public)
 from .objective import PROJECTED_KEY, DistillationObjective, LossOutput, split_batch
 from .schedules import scheduled_value
-from .teacher import TEACHER_COLUMNS, place_teacher
+from .teacher import TEACHER_COLUMNS, TeacherPrecision, place_teacher, resolve_teacher_dtype
 from .transfer import attach_transfer_set
 from .validation import check_trainer_setup, dataset_columns, infer_task
 
@@ -164,9 +166,12 @@ class DistillationTrainer(Trainer):
             logger.info("hf-kd layer mapping:\n%s", self.layer_table)
         self.teacher_weights = teacher_weights
         self.teacher_placement = "cached"
+        self.teacher_precision = [self._teacher_precision(teacher) for teacher in teachers]
         placed = []
-        for teacher in teachers:
-            teacher, self.teacher_placement = place_teacher(teacher, self.accelerator, args.teacher_dtype)
+        for teacher, precision in zip(teachers, self.teacher_precision):
+            teacher, self.teacher_placement = place_teacher(
+                teacher, self.accelerator, args.teacher_dtype, precision
+            )
             placed.append(teacher)
         self.teachers = placed
         self.distillation_objective.set_teachers(placed)
@@ -179,6 +184,51 @@ class DistillationTrainer(Trainer):
         self._micro_batch = 0
         self.nonfinite_guard = NonFiniteGuard(args, self.accelerator)
         self._distillation_ready = True
+
+    def _first_batch(self) -> dict[str, Any] | None:
+        """The first `per_device_train_batch_size` training examples (else evaluation examples), collated as
+        training collates them; None without data. Read by index, so no sampler and no random state is used."""
+        dataset = self.train_dataset if self.train_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):
+            dataset = next(iter(dataset.values()), None)
+        if dataset is None:
+            return None
+        collator = self.data_collator
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="training")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="training")
+        size = self.args.per_device_train_batch_size
+        if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+            rows = list(itertools.islice(iter(dataset), size))
+        else:
+            rows = [dataset[i] for i in range(min(size, len(dataset)))]
+        return collator(rows) if rows else None
+
+    def _teacher_precision(self, teacher: nn.Module) -> TeacherPrecision | None:
+        """`teacher_dtype` resolved for this teacher (`hf_kd.teacher.resolve_teacher_dtype`): `auto` is decided
+        on the first training batch, and every process keeps bfloat16 only if every process's check passed."""
+        requested = self.args.teacher_dtype
+        if requested != "auto":
+            return resolve_teacher_dtype(teacher, {}, requested=requested)
+        batch = self._first_batch()
+        if batch is None:
+            logger.info("Teacher precision: no data to check bfloat16 on; the teacher stays as loaded.")
+            return None
+        inputs = teacher_inputs(batch) if has_teacher_inputs(batch) else split_batch(batch)[0]
+        precision = resolve_teacher_dtype(teacher, inputs, self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            chose = torch.tensor([float(precision.dtype == torch.bfloat16)], device=self.accelerator.device)
+            if self.accelerator.reduce(chose, reduction="sum").item() < self.accelerator.num_processes:
+                if precision.dtype == torch.bfloat16:
+                    precision = TeacherPrecision(
+                        torch.float32,
+                        precision.agreement,
+                        precision.kl,
+                        "float32: another process's bfloat16 check failed (every process must agree)",
+                    )
+                    logger.warning("Teacher precision: %s.", precision.reason)
+        return precision
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -568,4 +618,6 @@ class DistillationTrainer(Trainer):
             "cross_tokenizer": self.cross_tokenizer,
             "unlabeled_examples": len(self.unlabeled_dataset) if self.unlabeled_dataset is not None else 0,
             "unlabeled_ratio": a.unlabeled_ratio if self.unlabeled_dataset is not None else None,
+            # What teacher_dtype resolved to, with the bfloat16 check's figures (None: kept as loaded).
+            "teacher_precision": [p.as_dict() if p is not None else None for p in self.teacher_precision],
         }

@@ -79,10 +79,13 @@ QUICK_ARGS = dict(
 
 
 def make_args(out: str, **kw):
-    """A DistillationConfig with QUICK_ARGS for quick CPU tests; `kw` overrides."""
+    """A DistillationConfig with QUICK_ARGS for quick CPU tests; `kw` overrides.
+
+    The teacher runs in float32 (`teacher_dtype="auto"` would pick bfloat16 on a CPU with bfloat16 instructions):
+    tests compare with float32 arithmetic done by hand; `auto` has its own tests in test_placement.py."""
     from hf_kd import DistillationConfig
 
-    return DistillationConfig(**{"output_dir": out, **QUICK_ARGS, **kw})
+    return DistillationConfig(**{"output_dir": out, **QUICK_ARGS, "teacher_dtype": "float32", **kw})
 
 
 @pytest.fixture

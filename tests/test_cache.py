@@ -20,6 +20,7 @@ def make_args(out, **kw):
     defaults = dict(
         output_dir=out, per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no",
         logging_steps=1, learning_rate=1e-3, seed=0, disable_tqdm=True, max_steps=4, temperature=2.0, alpha=0.5,
+        teacher_dtype="float32",  # cached float32 logits must equal the live teacher's
     )  # fmt: skip
     defaults.update(kw)
     return DistillationConfig(**defaults)

@@ -30,6 +30,7 @@ from hf_kd.layer_map import PROJECTIONS_FILE
 def _trainer(out: str, max_steps: int = 4) -> DistillationTrainer:
     args = DistillationConfig(
         output_dir=out,
+        teacher_dtype="float32",  # compared with float32 runs; auto has its own tests
         max_steps=max_steps,
         save_steps=2,
         save_strategy="steps",

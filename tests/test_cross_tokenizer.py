@@ -218,3 +218,24 @@ def test_token_level_heads_across_tokenizers_are_refused(tokenizers, tmp_out):
             train_dataset=rows,
             processing_class=student_tok,
         )
+
+
+def test_auto_precision_check_feeds_the_teacher_its_own_ids(tokenizers, tmp_out, monkeypatch):
+    import hf_kd.teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "bf16_is_fast", lambda device: (True, "stand-in: fast bfloat16"))
+    student_tok, teacher_tok = tokenizers
+    teacher = _model(len(teacher_tok), 48, 2, seed=1)
+    seen: list = []
+    _record_ids(teacher, seen)
+    trainer = DistillationTrainer(
+        model=_model(len(student_tok), 32, 1, seed=2),
+        teacher_model=teacher,
+        args=make_args(tmp_out, teacher_dtype="auto"),
+        train_dataset=_data(student_tok, teacher_tok),
+        processing_class=student_tok,
+        teacher_tokenizer=teacher_tok,
+    )
+    first = teacher_tok(TEXTS[:4], padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(seen[0], first)  # the float32 pass of the check, on the teacher's own tokens
+    assert trainer.teacher_precision[0].agreement is not None

@@ -19,6 +19,7 @@ def make_args(out, **kw):
     defaults = dict(
         output_dir=out, per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no",
         logging_steps=1, learning_rate=1e-3, seed=0, disable_tqdm=True, max_steps=3, temperature=T, alpha=0.5,
+        teacher_dtype="float32",  # the expected values are float32 arithmetic
     )  # fmt: skip
     defaults.update(kw)
     return DistillationConfig(**defaults)

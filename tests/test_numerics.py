@@ -28,6 +28,7 @@ def _poison_teacher(teacher: torch.nn.Module, calls: set[int], value: float = fl
 def _trainer(out: str, student, teacher, max_steps: int, optimizer=None, **kw) -> DistillationTrainer:
     args = DistillationConfig(
         output_dir=out,
+        teacher_dtype="float32",  # compared with float32 runs; auto has its own tests
         max_steps=max_steps,
         per_device_train_batch_size=4,
         report_to=[],

@@ -30,6 +30,7 @@ def _args(tmp_out, **kw):
         disable_tqdm=True,
         temperature=1.0,
         hidden_weight=1.0,
+        teacher_dtype="float32",
     )
     return DistillationConfig(**{**defaults, **kw})
 

@@ -309,3 +309,129 @@ def test_auto_on_this_machine_follows_its_cpu_flags():
         assert precision.dtype == torch.bfloat16 and precision.agreement >= BF16_MIN_AGREEMENT
     else:
         assert precision.dtype == torch.float32 and precision.agreement is None
+
+
+# ---- DistillationTrainer resolves teacher_dtype="auto" at set-up -------------------------------------------
+
+
+def _auto_trainer(out, teacher, monkeypatch, fast=True, **kw):
+    from conftest import make_args, tiny_classification_dataset, tiny_model
+
+    import hf_kd.teacher as teacher_module
+    from hf_kd import DistillationTrainer
+
+    monkeypatch.setattr(teacher_module, "bf16_is_fast", lambda device: (fast, "stand-in: fast bfloat16"))
+    return DistillationTrainer(
+        model=tiny_model(seed=2, num_layers=1, hidden=32),
+        teacher_model=teacher,
+        args=make_args(out, teacher_dtype="auto", **kw),
+        train_dataset=tiny_classification_dataset(n=12, seq_len=12, seed=5),
+    )
+
+
+def test_trainer_auto_checks_the_first_batch_and_runs_a_bfloat16_teacher(tmp_out, monkeypatch, caplog):
+    import copy
+
+    from conftest import tiny_classification_dataset
+
+    teacher = _sharp_teacher()
+    reference = copy.deepcopy(teacher)
+    seen = []
+    teacher.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True
+    )
+    with caplog.at_level("INFO", logger="hf_kd.teacher"):
+        trainer = _auto_trainer(tmp_out, teacher, monkeypatch)
+    # The check ran the float32 teacher on the first 4 training examples, in dataset order.
+    first = tiny_classification_dataset(n=12, seq_len=12, seed=5)[:4]
+    assert torch.equal(seen[0], torch.tensor(first["input_ids"]))
+    agreement, kl = _expected_figures(
+        reference, copy.deepcopy(reference).to(torch.bfloat16), {k: torch.tensor(v) for k, v in first.items()}
+    )
+    (precision,) = trainer.teacher_precision
+    assert precision.dtype == torch.bfloat16 and precision.agreement == pytest.approx(agreement)
+    assert precision.kl == pytest.approx(kl, rel=1e-4, abs=1e-9)
+    assert all(p.dtype == torch.bfloat16 for p in trainer.teacher.parameters())
+    assert any("bfloat16" in r.getMessage() and f"{agreement:.4f}" in r.getMessage() for r in caplog.records)
+    (summary,) = trainer.distillation_summary()["teacher_precision"]
+    assert summary["teacher_dtype"] == "bfloat16" and summary["bf16_argmax_agreement"] == precision.agreement
+
+    # Training runs the bfloat16 teacher; the card's recipe states the decision and its figures.
+    trainer.args.max_steps = 2
+    trainer.train()
+    readme = trainer.create_model_card(latency_batch_sizes=(1,), latency_seq_len=8)
+    line = next(line for line in str(readme).splitlines() if line.startswith("- Teacher precision"))
+    assert "bfloat16" in line and f"{agreement:.4f}" in line
+
+
+def test_trainer_auto_falls_back_to_float32_when_a_perturbed_bf16_teacher_disagrees(
+    tmp_out, monkeypatch, caplog
+):
+    import copy
+
+    import hf_kd.teacher as teacher_module
+
+    def perturbed_copy(model):
+        clone = copy.deepcopy(model).to(torch.bfloat16)
+        with torch.no_grad():
+            clone.classifier.weight.copy_(clone.classifier.weight.flip(0))
+        return clone
+
+    monkeypatch.setattr(teacher_module, "_bfloat16_copy", perturbed_copy)
+    with caplog.at_level("WARNING", logger="hf_kd.teacher"):
+        trainer = _auto_trainer(tmp_out, _sharp_teacher(), monkeypatch)
+    (precision,) = trainer.teacher_precision
+    assert precision.dtype == torch.float32 and precision.agreement < teacher_module.BF16_MIN_AGREEMENT
+    assert all(p.dtype == torch.float32 for p in trainer.teacher.parameters())
+    assert any("keeping float32" in r.getMessage() for r in caplog.records)
+    assert "disagrees" in trainer.distillation_summary()["teacher_precision"][0]["reason"]
+
+
+def test_trainer_auto_keeps_float32_without_fast_bf16_and_keeps_a_teacher_loaded_in_bf16(
+    tmp_out, monkeypatch
+):
+    trainer = _auto_trainer(tmp_out, _sharp_teacher(), monkeypatch, fast=False)
+    assert trainer.teacher_precision[0].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in trainer.teacher.parameters())
+    loaded_half = _sharp_teacher().to(torch.float16)
+    trainer = _auto_trainer(tmp_out, loaded_half, monkeypatch)
+    assert (
+        trainer.teacher_precision[0].dtype == torch.float16 and trainer.teacher_precision[0].agreement is None
+    )
+    assert all(p.dtype == torch.float16 for p in trainer.teacher.parameters())
+
+
+def test_trainer_forced_dtype_is_cast_without_a_check(tmp_out, monkeypatch):
+    from conftest import make_args, tiny_classification_dataset, tiny_model
+
+    import hf_kd.teacher as teacher_module
+    from hf_kd import DistillationTrainer
+
+    monkeypatch.setattr(teacher_module, "_comparable_logits", lambda *a: pytest.fail("no check may run"))
+    trainer = DistillationTrainer(
+        model=tiny_model(seed=2, num_layers=1, hidden=32),
+        teacher_model=_sharp_teacher(),
+        args=make_args(tmp_out, teacher_dtype="bfloat16"),
+        train_dataset=tiny_classification_dataset(n=12, seq_len=12, seed=5),
+    )
+    assert trainer.teacher_precision[0].reason == "teacher_dtype='bfloat16' was asked for"
+    assert all(p.dtype == torch.bfloat16 for p in trainer.teacher.parameters())
+
+
+def test_trainer_auto_keeps_bfloat16_only_if_every_process_agrees(tmp_out, monkeypatch, caplog):
+    """The vote across processes: a stand-in Accelerator whose reduction reports that the other process's check
+    failed (sum of votes 1 of 2) turns this process's bfloat16 into float32."""
+    trainer = _auto_trainer(tmp_out, _sharp_teacher(), monkeypatch)
+    assert trainer.teacher_precision[0].dtype == torch.bfloat16
+    votes = []
+    trainer.accelerator = types.SimpleNamespace(
+        num_processes=2,
+        device=torch.device("cpu"),
+        reduce=lambda t, reduction: votes.append((t.item(), reduction)) or t,  # the other process voted 0
+    )
+    with caplog.at_level("WARNING", logger="hf_kd.trainer"):
+        precision = trainer._teacher_precision(_sharp_teacher())
+    assert votes == [(1.0, "sum")] and precision.dtype == torch.float32
+    assert "another process" in precision.reason and precision.agreement is not None
+    trainer.accelerator.reduce = lambda t, reduction: t * 2  # both processes voted bfloat16
+    assert trainer._teacher_precision(_sharp_teacher()).dtype == torch.bfloat16

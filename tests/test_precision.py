@@ -198,7 +198,7 @@ def _trainer(tmp_out, **config):
         disable_tqdm=True,
         hidden_weight=1.0,
         temperature=1.0,
-        **config,
+        **{"teacher_dtype": "float32", **config},
     )
     return DistillationTrainer(
         model=tiny_model(seed=0),

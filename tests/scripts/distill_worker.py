@@ -49,6 +49,7 @@ def run(
     student = tiny_model(seed=0, num_layers=2, hidden=32)
     args = DistillationConfig(
         output_dir=out,
+        teacher_dtype="float32",  # compared with float32 runs; auto has its own tests
         use_cpu=True,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accum,

@@ -104,6 +104,7 @@ def run(out: str, mode: str, steps: int = 3) -> None:
     )
     args = DistillationConfig(
         output_dir=out,
+        teacher_dtype="float32",  # compared with float32 runs; auto has its own tests
         use_cpu=True,
         per_device_train_batch_size=GLOBAL_BATCH // 2,
         max_steps=steps,

@@ -53,6 +53,7 @@ def main() -> None:
     teacher = tiny_model(seed=1, hidden=48, num_layers=2)  # 48 != 32: hidden-size projections are trained
     args = DistillationConfig(
         output_dir=opts.output_dir,
+        teacher_dtype="float32",  # compared with float32 runs; auto has its own tests
         max_steps=MAX_STEPS,
         save_steps=SAVE_STEPS,
         save_strategy="steps",
