@@ -503,6 +503,18 @@ REFERENCE_JOBS = {"trainer_alone": "plain Trainer, student alone, no teacher (re
 STUDENT_PRECISION_LEVERS = ("all_bf16_student",)
 
 
+def whole_split_args(setting: Setting, folder: str, seed: int, epochs: float) -> dict[str, Any]:
+    """TrainingArguments fields of a run over the whole training split with this benchmark's recipe."""
+    return base_args(
+        os.path.join(RESULTS_DIR, "tmp", folder),
+        seed,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=setting.batch_size,
+        learning_rate=LEARNING_RATE,
+        max_grad_norm=MAX_GRAD_NORM,
+    )
+
+
 def hfkd_job(setting: Setting, lever: str, epochs: int) -> tuple[float, float]:
     """Wall seconds of an `epochs`-epoch distillation over the whole training split with one lever (or several),
     and the trained student's test accuracy (measured after the clock stops)."""
@@ -510,14 +522,7 @@ def hfkd_job(setting: Setting, lever: str, epochs: int) -> tuple[float, float]:
 
     from hf_kd import DistillationConfig, DistillationTrainer, cache_teacher_outputs
 
-    common = base_args(
-        os.path.join(RESULTS_DIR, "tmp", "job"),
-        0,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=setting.batch_size,
-        learning_rate=LEARNING_RATE,
-        max_grad_norm=MAX_GRAD_NORM,
-    )
+    common = whole_split_args(setting, "job", 0, epochs)
     started = time.perf_counter()
     if lever in ("trainer_alone", "live_auto"):
         if lever == "trainer_alone":
@@ -818,14 +823,7 @@ def precision_accuracy(setting: Any, seeds: list[int], log: Any = print) -> dict
     for seed in seeds:
         for dtype in results:
             args = DistillationConfig(
-                **base_args(
-                    os.path.join(RESULTS_DIR, "tmp", "precision"),
-                    seed,
-                    num_train_epochs=1,
-                    per_device_train_batch_size=setting.batch_size,
-                    learning_rate=LEARNING_RATE,
-                    max_grad_norm=MAX_GRAD_NORM,
-                ),
+                **whole_split_args(setting, "precision", seed, 1),
                 temperature=TEMPERATURE,
                 alpha=ALPHA,
                 teacher_dtype=dtype,

@@ -135,7 +135,13 @@ def _splits(setting: Setting, seed: int, quick: bool, teacher_tokenizer: Any = N
             train_size=min(setting.labelled, len(train) // 2), seed=seed, stratify_by_column="labels"
         )
         labelled, unlabelled = picked["train"], picked["test"].remove_columns("labels")
-    return {"labelled": labelled, "unlabelled": unlabelled, "test": test, "tokenizer": tokenizer}
+    return {
+        "labelled": labelled,
+        "unlabelled": unlabelled,
+        "test": test,
+        "tokenizer": tokenizer,
+        "teacher_tokenizer": teacher_tokenizer,
+    }
 
 
 def _classifier(path: str, names: list[str]) -> Any:
@@ -188,16 +194,16 @@ class Teacher:
 
     def __init__(self, setting: Setting, name: str, seed: int, data: dict[str, Any], quick: bool, log: Any):
         import torch
-        from transformers import AutoTokenizer, Trainer, TrainingArguments
+        from transformers import Trainer, TrainingArguments
 
         self.cross = name == "mpnet"
+        self.tokenizer = data["teacher_tokenizer"] or data["tokenizer"]
         if self.cross:
             from bench.mpnet import mpnet_path
 
             source = mpnet_path()
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
         else:
-            source, self.tokenizer = teacher_path(), data["tokenizer"]
+            source = teacher_path()
         names = data["labelled"].features["labels"].names
         torch.manual_seed(seed)
         self.model = _classifier(source, names)

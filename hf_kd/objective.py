@@ -412,6 +412,14 @@ class DistillationObjective(nn.Module):
 
     # ---- teacher targets -------------------------------------------------------------------------------
 
+    def inputs_for_teacher(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """What a teacher reads from a batch: its own columns when the batch carries them (another tokenizer),
+        else the model inputs; only the names its forward takes."""
+        inputs = teacher_inputs(batch) if has_teacher_inputs(batch) else split_batch(batch)[0]
+        if self.teacher_argument_names is not None:
+            inputs = {k: v for k, v in inputs.items() if k in self.teacher_argument_names}
+        return inputs
+
     def teacher_outputs(self, batch: Mapping[str, Any], autocast: Any = None) -> list[Any]:
         """Run every teacher on the batch's model inputs, without gradients; the student's extra outputs too."""
         if not self.teachers:
@@ -423,11 +431,7 @@ class DistillationObjective(nn.Module):
             )
         if has_teacher_inputs(batch):
             self.check_cross_tokenizer()
-            inputs = teacher_inputs(batch)
-        else:
-            inputs = split_batch(batch)[0]
-        if self.teacher_argument_names is not None:
-            inputs = {k: v for k, v in inputs.items() if k in self.teacher_argument_names}
+        inputs = self.inputs_for_teacher(batch)
         with torch.no_grad(), autocast if autocast is not None else nullcontext():
             return [teacher(**inputs, **self.forward_kwargs) for teacher in self.teachers]
 

@@ -33,7 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .augment import make_augmenter
 from .checkpoints import CheckpointManifestCallback, check_resumable
 from .config import DistillationConfig
-from .cross_tokenizer import TEACHER_INPUT_COLUMNS, CrossTokenizerCollator, has_teacher_inputs, teacher_inputs
+from .cross_tokenizer import TEACHER_INPUT_COLUMNS, CrossTokenizerCollator, has_teacher_inputs
 from .layer_map import PROJECTIONS_FILE, HiddenProjections, strip_projections
 from .nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite  # noqa: F401  (NonFiniteLossError: public)
 from .objective import PROJECTED_KEY, DistillationObjective, LossOutput, split_batch
@@ -166,7 +166,9 @@ class DistillationTrainer(Trainer):
             logger.info("hf-kd layer mapping:\n%s", self.layer_table)
         self.teacher_weights = teacher_weights
         self.teacher_placement = "cached"
-        self.teacher_precision = [self._teacher_precision(teacher) for teacher in teachers]
+        # teacher_dtype="auto" is decided on the first training batch, collated once for every teacher.
+        sample = self._first_batch() if teachers and args.teacher_dtype == "auto" else None
+        self.teacher_precision = [self._teacher_precision(teacher, sample) for teacher in teachers]
         placed = []
         for teacher, precision in zip(teachers, self.teacher_precision):
             teacher, self.teacher_placement = place_teacher(
@@ -205,17 +207,17 @@ class DistillationTrainer(Trainer):
             rows = [dataset[i] for i in range(min(size, len(dataset)))]
         return collator(rows) if rows else None
 
-    def _teacher_precision(self, teacher: nn.Module) -> TeacherPrecision | None:
+    def _teacher_precision(self, teacher: nn.Module, batch: dict[str, Any] | None) -> TeacherPrecision | None:
         """`teacher_dtype` resolved for this teacher (`hf_kd.teacher.resolve_teacher_dtype`): `auto` is decided
-        on the first training batch, and every process keeps bfloat16 only if every process's check passed."""
+        on `batch` (the first training batch), and every process keeps bfloat16 only if every process's check
+        passed."""
         requested = self.args.teacher_dtype
         if requested != "auto":
             return resolve_teacher_dtype(teacher, {}, requested=requested)
-        batch = self._first_batch()
         if batch is None:
             logger.info("Teacher precision: no data to check bfloat16 on; the teacher stays as loaded.")
             return None
-        inputs = teacher_inputs(batch) if has_teacher_inputs(batch) else split_batch(batch)[0]
+        inputs = self.distillation_objective.inputs_for_teacher(batch)
         precision = resolve_teacher_dtype(teacher, inputs, self.accelerator.device)
         if self.accelerator.num_processes > 1:
             chose = torch.tensor([float(precision.dtype == torch.bfloat16)], device=self.accelerator.device)

@@ -430,8 +430,8 @@ def test_trainer_auto_keeps_bfloat16_only_if_every_process_agrees(tmp_out, monke
         reduce=lambda t, reduction: votes.append((t.item(), reduction)) or t,  # the other process voted 0
     )
     with caplog.at_level("WARNING", logger="hf_kd.trainer"):
-        precision = trainer._teacher_precision(_sharp_teacher())
+        precision = trainer._teacher_precision(_sharp_teacher(), trainer._first_batch())
     assert votes == [(1.0, "sum")] and precision.dtype == torch.float32
     assert "another process" in precision.reason and precision.agreement is not None
     trainer.accelerator.reduce = lambda t, reduction: t * 2  # both processes voted bfloat16
-    assert trainer._teacher_precision(_sharp_teacher()).dtype == torch.bfloat16
+    assert trainer._teacher_precision(_sharp_teacher(), trainer._first_batch()).dtype == torch.bfloat16
