@@ -395,6 +395,7 @@ def create_distillation_model_card(
     pipeline_tag: str | None = None,
     latency_batch_sizes: tuple[int, ...] = (1, 32),
     latency_seq_len: int = 128,
+    teacher_model: Any = None,
 ) -> ModelCard:
     """Write the distillation model card of `trainer`'s student into `output_dir` and return it.
 
@@ -411,12 +412,19 @@ def create_distillation_model_card(
         model_name / repo_id: the card's title and the repository id of the usage snippet.
         teacher_name / base_model: override the names read from the models' configs.
         latency_batch_sizes / latency_seq_len: shapes of the latency measurement.
+        teacher_model: the teacher, for a run that read cached teacher outputs (its trainer holds no teacher):
+            it is then named, measured and, without `teacher_metrics`, evaluated like a live one.
     """
     output_dir = str(output_dir if output_dir is not None else trainer.args.output_dir)
     os.makedirs(output_dir, exist_ok=True)
     summary = trainer.distillation_summary()
     student = trainer.accelerator.unwrap_model(trainer.model)
-    teacher = trainer.teacher
+    if trainer.teacher is not None and teacher_model is not None and teacher_model is not trainer.teacher:
+        raise ValueError(
+            "teacher_model names the teacher of a run on cached teacher outputs; this trainer has its own teacher: "
+            "leave teacher_model out"
+        )
+    teacher = trainer.teacher if trainer.teacher is not None else teacher_model
     teacher = getattr(teacher, "module", teacher)
     teacher_metrics, student_metrics = _card_metrics(trainer, teacher, teacher_metrics, student_metrics)
     measurements, latency_seq_len = _card_measurements(

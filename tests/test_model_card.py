@@ -264,3 +264,66 @@ def test_test_split_metrics_are_labelled_test_in_table_and_metadata(card_run, tm
     )
     assert table_row(str(card), "accuracy (test)") == ["0.9000", "0.8500", "94.4%"]
     assert [r.dataset_split for r in card.data.eval_results] == ["test"]
+
+
+def test_a_cached_run_with_a_transfer_set_names_and_measures_the_teacher_it_is_given(tmp_path):
+    """A run on cached teacher logits holds no teacher: `teacher_model=` gives the card one to name, measure and
+    evaluate, and the recipe states the transfer set."""
+    from hf_kd import (
+        DistillationConfig,
+        DistillationTrainer,
+        cache_teacher_outputs,
+        create_distillation_model_card,
+    )
+
+    teacher = tiny_model(seed=1, num_layers=4, hidden=48)
+    teacher.config._name_or_path = "hf-kd-tests/tiny-bert-teacher"
+    student = tiny_model(seed=2, num_layers=2, hidden=32)
+    unlabelled = tiny_classification_dataset(20, seed=3).remove_columns("labels")
+    trainer = DistillationTrainer(
+        model=student,
+        args=DistillationConfig(
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=8,
+            report_to="none",
+            use_cpu=True,
+            unlabeled_ratio=2.0,
+        ),
+        train_dataset=cache_teacher_outputs(teacher, tiny_classification_dataset(12, seed=0)),
+        unlabeled_dataset=cache_teacher_outputs(teacher, unlabelled),
+        eval_dataset=cache_teacher_outputs(teacher, tiny_classification_dataset(16, seed=1)),
+        compute_metrics=accuracy,
+    )
+    trainer.train()
+    assert trainer.teacher is None
+    out = tmp_path / "card"
+    text = str(
+        create_distillation_model_card(
+            trainer, out, teacher_model=teacher, latency_batch_sizes=(1,), latency_seq_len=16
+        )
+    )
+    t_total = sum(p.numel() for p in teacher.parameters())
+    s_total = sum(p.numel() for p in student.parameters())
+    assert table_row(text, "Parameters") == [f"{t_total:,}", f"{s_total:,}", f"{s_total / t_total:.1%}"]
+    teacher_acc = reference_accuracy(teacher, trainer.eval_dataset)
+    assert table_row(text, "accuracy (eval)")[0] == f"{teacher_acc:.4f}"
+    assert "distilled from **hf-kd-tests/tiny-bert-teacher**" in text
+    assert "- Teacher logits were precomputed once and cached" in text
+    assert (
+        "- Transfer set: 20 unlabelled examples labelled by the teacher; they take the distillation term only "
+        "(2.0 per labelled example in each batch)." in text
+    )
+    # Without the teacher the card has no teacher column to fill.
+    bare = str(create_distillation_model_card(trainer, tmp_path / "bare", measure=False))
+    assert "| Parameters |" not in bare and "accuracy (eval)" in bare
+
+
+def test_teacher_model_is_refused_when_the_run_has_its_own_teacher(card_run, tmp_path):
+    from hf_kd import create_distillation_model_card
+
+    with pytest.raises(ValueError, match="this trainer has its own teacher"):
+        create_distillation_model_card(
+            card_run["trainer"], tmp_path, teacher_model=tiny_model(seed=5), measure=False
+        )
