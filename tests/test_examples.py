@@ -44,15 +44,20 @@ def test_bbc_news_config_matches_the_demo_recipe():
         ["--config", os.path.join(CONFIGS, "bbc_news.yaml")]
     )
     assert data_args.dataset_name == "bbc_news" and model_args.student_layers == FULL.student_layers
-    assert (config.temperature, config.alpha, config.hidden_weight) == (
+    assert model_args.student_hidden_size == FULL.student_hidden_size
+    # 1,558 training articles: the split the CLI makes leaves the demo's 100 labelled and 1,458 unlabelled.
+    assert round(1558 * data_args.unlabeled_fraction) == 1558 - FULL.labelled
+    assert (config.temperature, config.alpha, config.unlabeled_ratio) == (
         FULL.temperature,
         FULL.alpha,
-        FULL.hidden_weight,
+        FULL.unlabeled_ratio,
     )
-    assert (config.num_train_epochs, config.learning_rate) == (
-        FULL.student_epochs,
+    assert (config.num_train_epochs, config.learning_rate, config.per_device_train_batch_size) == (
+        FULL.transfer_epochs,
         FULL.student_learning_rate,
+        FULL.batch_size,
     )
+    assert config.hidden_weight == 0 and data_args.max_length == FULL.max_length
 
 
 @pytest.mark.slow
