@@ -51,6 +51,7 @@ from hf_kd.compression import (
     load_model,
     quantize_dynamic_int8,
 )
+from hf_kd.demo import paired_difference
 from hf_kd.pruning import prune_heads
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -403,15 +404,17 @@ def _narrow_table(narrow: dict[str, dict[int, float]], teacher_accuracy: float) 
     import statistics
 
     seeds = sorted(set(narrow["select"]) & set(narrow["random"]))
-    diffs = [narrow["select"][s] - narrow["random"][s] for s in seeds]
+    diff_mean, diff_se = paired_difference(
+        [narrow["select"][s] for s in seeds], [narrow["random"][s] for s in seeds]
+    )
     summary = {
         "seeds": seeds,
         "select": [narrow["select"][s] for s in seeds],
         "random": [narrow["random"][s] for s in seeds],
         "select_mean": statistics.fmean(narrow["select"][s] for s in seeds),
         "random_mean": statistics.fmean(narrow["random"][s] for s in seeds),
-        "paired_diff_mean": statistics.fmean(diffs),
-        "paired_diff_se": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan"),
+        "paired_diff_mean": diff_mean,
+        "paired_diff_se": diff_se,
     }
     lines = ["| Init | " + " | ".join(f"seed {s}" for s in seeds) + " | Mean | Teacher accuracy kept |"]
     lines.append("|" + "---|" * (len(seeds) + 3))

@@ -870,13 +870,14 @@ def precision_report(data: dict[str, Any]) -> str:
     ]
     students = data.get("student_test_accuracy")
     if students:
-        diffs = [a - f for a, f in zip(students["auto"], students["float32"])]
-        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+        from hf_kd.demo import paired_difference
+
+        mean, se = paired_difference(students["auto"], students["float32"])
         lines.append(
             f"- 2-layer student distilled for 1 epoch from the live teacher, test accuracy per seed: float32 "
             f"{', '.join(f'{x:.4f}' for x in students['float32'])} (mean {statistics.mean(students['float32']):.4f}); "
             f"auto {', '.join(f'{x:.4f}' for x in students['auto'])} (mean {statistics.mean(students['auto']):.4f}); "
-            f"paired difference auto - float32 {statistics.mean(diffs):+.4f} +- {se:.4f} (s.e.)."
+            f"paired difference auto - float32 {mean:+.4f} +- {se:.4f} (s.e.)."
         )
     return "\n".join(lines)
 

