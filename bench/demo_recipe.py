@@ -8,8 +8,8 @@ without KD for each of `--epochs` and with KD + the transfer set for each of `--
 
     python -m bench.demo_recipe --seeds 0 1 2 --epochs 8 16 32 --passes 2 4 8
 
-docs/benchmarks.md section 8 has the table this printed (seeds 0-2; the 32-epoch and 8-pass columns on seeds 0
-and 1 only).
+docs/benchmarks.md section 8 has the selection table (seeds 0-2; the 32-epoch and 8-pass columns on seeds 0 and 1
+only). It was measured with the same `hf_kd.demo._Seed` runs before this script collected them into one command.
 """
 
 from __future__ import annotations
