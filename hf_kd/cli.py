@@ -223,9 +223,33 @@ def _unlabeled_split(raw: Any, args: Any, seed: int, data: Any) -> Any:
         raise CommandError(
             f"--unlabeled_fraction {args.unlabeled_fraction} must be between 0 and 1 (exclusive)"
         )
-    parts = raw["train"].train_test_split(test_size=args.unlabeled_fraction, seed=seed)
-    raw["train"] = parts["train"]
-    return parts["test"]
+    raw["train"], unlabeled = _stratified_split(
+        raw["train"], args.unlabeled_fraction, seed, args.label_column
+    )
+    return unlabeled
+
+
+def _stratified_split(dataset: Any, test_size: float, seed: int, label_column: str | None) -> tuple[Any, Any]:
+    """(kept, held out): stratified by the single-label column when there is one and every class can be
+    split, so a small labelled share keeps every class in its proportion; a plain seeded split otherwise."""
+    from .tasks import LABEL_COLUMNS
+
+    names = [label_column] if label_column else list(LABEL_COLUMNS)
+    column = next((c for c in names if c in dataset.column_names), None)
+    values = dataset[column] if column else []
+    if column and values and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in values):
+        # The split itself needs a ClassLabel column: encode a copy, keep the row numbers, select the originals.
+        rows = dataset.select_columns([column]).add_column("_row", list(range(len(dataset))))
+        if not hasattr(rows.features[column], "names"):
+            rows = rows.class_encode_column(column)
+        try:
+            parts = rows.train_test_split(test_size=test_size, seed=seed, stratify_by_column=column)
+        except ValueError:  # a class with too few examples to be on both sides
+            pass
+        else:
+            return dataset.select(parts["train"]["_row"]), dataset.select(parts["test"]["_row"])
+    parts = dataset.train_test_split(test_size=test_size, seed=seed)
+    return parts["train"], parts["test"]
 
 
 def _tokenizers(model_args: ModelArguments, source: str) -> tuple[Any, Any]:

@@ -168,7 +168,8 @@ class DataArguments:
             A transfer set: text without labels, in any of the formats above, that the teacher labels and that
             takes the KD term only (`unlabeled_ratio` of it per labelled example in each batch).
         unlabeled_fraction (`float`, defaults to 0):
-            Hide the labels of this share of the training data and use it as the transfer set instead.
+            Hide the labels of this share of the training data and use it as the transfer set instead. The
+            split is stratified by the label, so the labelled share keeps every class in its proportion.
     """
 
     _argument_group_name = "data"
@@ -258,7 +259,7 @@ class DataArguments:
         default=0.0,
         metadata={
             "help": "Hide the labels of this share of the training data and use it as a transfer set "
-            "(text-classification)."
+            "(text-classification; the split is stratified by the label)."
         },
     )
 

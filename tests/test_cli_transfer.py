@@ -77,3 +77,36 @@ def test_a_student_with_its_own_tokenizer_distils_across_tokenizers(tmp_path):
     assert recipe["cross_tokenizer"] is True and recipe["pooled_weight"] == 1.0
     # The saved student keeps its own tokenizer.
     assert BertTokenizerFast.from_pretrained(out)("good")["input_ids"] == tokenizer("good")["input_ids"]
+
+
+def test_the_labelled_share_keeps_every_class_in_its_proportion():
+    from collections import Counter
+
+    from datasets import Dataset
+
+    # 60 / 30 / 10 examples of three classes, labels as strings (a CSV file's), shuffled.
+    labels = ["sport"] * 60 + ["tech"] * 30 + ["politics"] * 10
+    order = list(range(100))
+    __import__("random").Random(0).shuffle(order)
+    rows = Dataset.from_dict({"text": [f"article {i}" for i in order], "label": [labels[i] for i in order]})
+    for seed in range(5):
+        kept, hidden = cli._stratified_split(rows, 0.9, seed, None)
+        assert Counter(kept["label"]) == {"sport": 6, "tech": 3, "politics": 1}
+        # The rows themselves, labels untouched, each on exactly one side.
+        assert sorted(list(kept["text"]) + list(hidden["text"])) == sorted(rows["text"])
+        assert set(kept.column_names) == {"text", "label"} and kept.features["label"].dtype == "string"
+
+
+def test_labels_that_cannot_be_stratified_get_a_plain_seeded_split():
+    from datasets import Dataset
+
+    scores = Dataset.from_dict({"text": [str(i) for i in range(20)], "score": [i / 20 for i in range(20)]})
+    kept, hidden = cli._stratified_split(scores, 0.5, 3, None)
+    plain = scores.train_test_split(test_size=0.5, seed=3)
+    assert list(kept["text"]) == list(plain["train"]["text"])
+    assert list(hidden["text"]) == list(plain["test"]["text"])
+    # A class with one example cannot be on both sides: a plain split too.
+    single = Dataset.from_dict({"text": [str(i) for i in range(11)], "label": [0] * 10 + [1]})
+    kept, hidden = cli._stratified_split(single, 0.5, 3, None)
+    plain = single.train_test_split(test_size=0.5, seed=3)
+    assert list(kept["text"]) == list(plain["train"]["text"])
