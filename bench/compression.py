@@ -369,33 +369,20 @@ def _interleaved_latency(
     rows: list[tuple[str, Any]], config: Any, batch_sizes: list[int], seq_len: int, warmup: int, runs: int
 ) -> dict[str, dict[int, float]]:
     """Median ms per forward pass of every row at every batch size, timed in interleaved rounds."""
+    import functools
     import statistics
 
+    from hf_kd.compression import synthetic_inputs, time_interleaved
     from hf_kd.export import onnx_input_names
 
     latency: dict[str, dict[int, float]] = {name: {} for name, _ in rows}
-    generator = torch.Generator().manual_seed(0)
     for batch_size in batch_sizes:
-        ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)  # (B, L)
-        values = {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "token_type_ids": torch.zeros_like(ids),
-        }
-        entries = []
+        calls = {}
         for name, run in rows:
             names = run.input_names if hasattr(run, "input_names") else onnx_input_names(run)
-            entries.append((name, run, {n: values[n] for n in names}))
-        times: dict[str, list[float]] = {name: [] for name, _ in rows}
-        with torch.inference_mode():
-            for round_ in range(warmup + runs):
-                for name, run, inputs in entries:
-                    start = time.perf_counter()
-                    run(**inputs)
-                    if round_ >= warmup:
-                        times[name].append((time.perf_counter() - start) * 1000.0)
-        for name in times:
-            latency[name][batch_size] = statistics.median(times[name])
+            calls[name] = functools.partial(run, **synthetic_inputs(config, batch_size, seq_len, names))
+        for name, times in time_interleaved(calls, warmup, runs).items():
+            latency[name][batch_size] = statistics.median(times)
     return latency
 
 

@@ -16,7 +16,8 @@ What is measured, and how:
 - Latency: synthetic `input_ids` (valid vocabulary ids) and an all-ones `attention_mask` of the given batch
   size and length, under `torch.inference_mode()`; `warmup` untimed runs, then `runs` timed ones with
   `time.perf_counter` (after `torch.cuda.synchronize()` on a GPU); the median is reported, throughput is
-  batch size / median. The thread count is recorded: CPU numbers depend on it.
+  batch size / median. The thread count is recorded: CPU numbers depend on it. `measure_models` times several
+  models in interleaved rounds (each round runs each model once), so their ratios come from one run.
 
 int8 format on disk (`save_quantized` / `load_quantized`), since dynamic-quantized modules hold packed
 int8 weights that `save_pretrained` cannot write:
@@ -35,13 +36,14 @@ dict: outputs are bit-identical to the saved model's.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +57,9 @@ __all__ = [
     "count_parameters",
     "model_size_bytes",
     "measure_model",
+    "measure_models",
+    "synthetic_inputs",
+    "time_interleaved",
     "compare_models",
     "format_comparison_table",
     "quantize_dynamic_int8",
@@ -187,8 +192,15 @@ def _resolve_device(model: nn.Module, device: str | None) -> str:
     return device
 
 
-def _synthetic_batch(model: nn.Module, batch_size: int, seq_len: int, device: str) -> dict[str, torch.Tensor]:
-    config = model.config
+def synthetic_inputs(
+    config: Any,
+    batch_size: int,
+    seq_len: int,
+    names: Sequence[str] = ("input_ids", "attention_mask"),
+    device: str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """A timing batch for the inputs `names`: seeded random ids from the model's vocabulary, an all-ones
+    attention mask and zero token types, each of shape (batch_size, seq_len)."""
     max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions is not None and seq_len > max_positions:
         raise ValueError(
@@ -196,30 +208,97 @@ def _synthetic_batch(model: nn.Module, batch_size: int, seq_len: int, device: st
             f"{max_positions}"
         )
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)  # (B, L)
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),  # (B, L)
+    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)  # (B, L)
+    values = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
     }
+    unknown = [n for n in names if n not in values]
+    if unknown:
+        raise ValueError(f"no synthetic values for the inputs {unknown}; known: {list(values)}")
+    return {n: values[n].to(device) for n in names}
 
 
-def _time_forward(
-    model: nn.Module, batch: dict[str, torch.Tensor], warmup: int, runs: int, device: str
-) -> float:
-    """Median milliseconds of one forward pass."""
-    cuda = device.startswith("cuda")
-    times = []
+def time_interleaved(
+    calls: Mapping[str, Callable[[], Any]],
+    warmup: int = 2,
+    runs: int = 10,
+    sync: Callable[[], Any] | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds of each call in each of `runs` timed rounds, after `warmup` untimed ones.
+
+    Every round runs every call once, in order, so a change of machine load during the measurement reaches
+    every call alike and the ratios between them stay fair (timing one model's runs, then the next's, lets a
+    busy moment land on one of them only). `sync` (for example `torch.cuda.synchronize`) runs before the clock
+    starts and before it stops, for calls that return before their work is done."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs={runs} must be >= 1 and warmup={warmup} >= 0")
+    times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
-        for i in range(warmup + runs):
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(**batch)
-            if cuda:
-                torch.cuda.synchronize(device)  # kernels run asynchronously; wait for them
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+        for round_ in range(warmup + runs):
+            for name, call in calls.items():
+                if sync is not None:
+                    sync()
+                start = time.perf_counter()
+                call()
+                if sync is not None:
+                    sync()
+                if round_ >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def measure_models(
+    models: Mapping[str, nn.Module],
+    batch_sizes: Sequence[int] = (1, 32),
+    seq_len: int = 128,
+    warmup: int = 2,
+    runs: int = 10,
+    device: str | None = None,
+) -> dict[str, ModelMeasurement]:
+    """`measure_model` for several models at once, their latencies timed in interleaved rounds
+    (`time_interleaved`), so that their ratios come from one run. Keyed by the names given."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs={runs} must be >= 1 and warmup={warmup} >= 0")
+    devices = {name: _resolve_device(model, device) for name, model in models.items()}
+    states = {}
+    for name, model in models.items():
+        first = next(model.parameters(), None)
+        states[name] = (first.device if first is not None else torch.device("cpu"), model.training)
+    cuda = sorted({d for d in devices.values() if d.startswith("cuda")})
+    latency: dict[str, dict[int, float]] = {name: {} for name in models}
+    try:
+        for name, model in models.items():
+            model.eval()
+            model.to(devices[name])
+        for batch_size in batch_sizes:
+            calls = {}
+            for name, model in models.items():
+                batch = synthetic_inputs(model.config, int(batch_size), seq_len, device=devices[name])
+                calls[name] = functools.partial(model, **batch)
+            sync = (lambda: [torch.cuda.synchronize(d) for d in cuda]) if cuda else None
+            for name, times in time_interleaved(calls, warmup, runs, sync).items():
+                latency[name][int(batch_size)] = statistics.median(times)
+    finally:
+        for name, model in models.items():
+            model.to(states[name][0])
+            model.train(states[name][1])
+    measured = {}
+    for name, model in models.items():
+        total, non_embedding = count_parameters(model)
+        measured[name] = ModelMeasurement(
+            name=name,
+            num_parameters=total,
+            num_non_embedding_parameters=non_embedding,
+            size_bytes=model_size_bytes(model),
+            seq_len=seq_len,
+            device=devices[name],
+            latency_ms=latency[name],
+            throughput={b: b * 1000.0 / ms for b, ms in latency[name].items()},
+            threads=torch.get_num_threads(),
+        )
+    return measured
 
 
 def measure_model(
@@ -234,37 +313,10 @@ def measure_model(
     """Parameters, size on disk, and median latency and throughput per batch size (see module docstring).
 
     `device` defaults to cuda:0 when a GPU is present (CPU for int8 models). The model is measured in eval
-    mode and returned to its device and mode afterwards.
+    mode and returned to its device and mode afterwards. To compare models, `measure_models` times them in
+    one interleaved run.
     """
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs={runs} must be >= 1 and warmup={warmup} >= 0")
-    device = _resolve_device(model, device)
-    total, non_embedding = count_parameters(model)
-    size = model_size_bytes(model)
-    first = next(model.parameters(), None)
-    original_device = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    latency: dict[int, float] = {}
-    try:
-        for batch_size in batch_sizes:
-            batch = _synthetic_batch(model, int(batch_size), seq_len, device)
-            latency[int(batch_size)] = _time_forward(model, batch, warmup, runs, device)
-    finally:
-        model.to(original_device)
-        model.train(was_training)
-    return ModelMeasurement(
-        name=name,
-        num_parameters=total,
-        num_non_embedding_parameters=non_embedding,
-        size_bytes=size,
-        seq_len=seq_len,
-        device=device,
-        latency_ms=latency,
-        throughput={b: b * 1000.0 / ms for b, ms in latency.items()},
-        threads=torch.get_num_threads(),
-    )
+    return measure_models({name: model}, batch_sizes, seq_len, warmup, runs, device)[name]
 
 
 # ---- comparison --------------------------------------------------------------------------------------------

@@ -214,26 +214,6 @@ def _test_scores(
     return trainer.evaluate(test, metric_key_prefix="test")
 
 
-def _measure(model: Any, name: str, settings: DemoSettings) -> dict[str, Any]:
-    """Parameters, size and CPU latency (`hf_kd.compression.measure_model`)."""
-    from .compression import measure_model
-
-    m = measure_model(
-        model,
-        name=name,
-        batch_sizes=(settings.latency_batch_size,),
-        seq_len=settings.max_length,
-        warmup=2,
-        runs=settings.latency_runs,
-        device="cpu",
-    )
-    return {
-        "parameters": m.num_parameters,
-        "size_mb": m.size_bytes / 1e6,
-        "latency_ms": m.latency_ms[settings.latency_batch_size],
-    }
-
-
 # ---- the two tables ----------------------------------------------------------------------------------------
 
 
@@ -332,7 +312,8 @@ def format_results_table(rows: list[dict[str, Any]], settings: DemoSettings) -> 
     lines.append("")
     lines.append(
         f"The first seed's models. CPU latency: median forward time at batch {settings.latency_batch_size}, "
-        f"sequence length {settings.max_length}. Test split: {rows[0]['test_examples']} articles."
+        f"sequence length {settings.max_length}, over {settings.latency_runs} rounds that time every row in "
+        f"turn. Test split: {rows[0]['test_examples']} articles."
     )
     return "\n".join(lines)
 
@@ -466,26 +447,35 @@ def _measured_rows(
     onnx_dir: str,
 ) -> list[dict[str, Any]]:
     """One row per model (the teacher first): size, latency, test scores, and the teacher's share kept; ONNX rows
-    for the second model (the distilled student)."""
-    import torch
+    for the second model (the distilled student). Every row's latency comes from the same interleaved rounds
+    (`hf_kd.compression.time_interleaved`), so the speed-ups between rows come from one run."""
+    import functools
 
-    rows = []
+    from .compression import count_parameters, model_size_bytes, synthetic_inputs, time_interleaved
+
+    rows, calls = [], {}
     for name, model, metrics in models:
-        with torch.inference_mode():
-            measured = _measure(_without_projections(model), name, settings)
+        deployed = _without_projections(model).eval()
         rows.append(
             {
                 "model": name,
                 "layers": model.config.num_hidden_layers,
-                **measured,
+                "parameters": count_parameters(deployed)[0],
+                "size_mb": model_size_bytes(deployed) / 1e6,
                 "test_accuracy": metrics["test_accuracy"],
                 "test_f1": metrics["test_f1"],
                 "test_examples": len(test),
             }
         )
+        batch = synthetic_inputs(deployed.config, settings.latency_batch_size, settings.max_length)
+        calls[name] = functools.partial(deployed, **batch)
     if settings.onnx:
-        rows += _onnx_rows([models[1][:2]], raw_test, tokenizer, settings, onnx_dir)
+        onnx_rows, sessions = _onnx_rows([models[1][:2]], raw_test, tokenizer, settings, onnx_dir)
+        rows += onnx_rows
+        calls.update(sessions)
+    times = time_interleaved(calls, warmup=2, runs=settings.latency_runs)
     for row in rows:
+        row["latency_ms"] = statistics.median(times[row["model"]])
         row["teacher_accuracy_kept"] = row["test_accuracy"] / rows[0]["test_accuracy"]
     return rows
 
@@ -629,23 +619,28 @@ def run_demo(
 
 def _onnx_rows(
     students: list[tuple[str, Any]], raw_test: Any, tokenizer: Any, settings: DemoSettings, workdir: str
-) -> list[dict[str, Any]]:
-    """ONNX Runtime float32 and int8 rows for each student: size of the file, batch-1 latency, test metrics."""
-    from .export import OnnxClassifier, export_onnx, onnx_input_names, quantize_onnx_int8, time_batch1
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """ONNX Runtime float32 and int8 rows for each student (size of the file, test metrics), and for each row a
+    call that runs the session on a latency batch."""
+    import functools
+
+    from .compression import synthetic_inputs
+    from .export import OnnxClassifier, export_onnx, onnx_input_names, quantize_onnx_int8
 
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         logger.warning("ONNX rows skipped: onnxruntime is not installed (pip install 'hf-kd[export]').")
-        return []
+        return [], {}
     from sklearn.metrics import f1_score
 
-    rows = []
+    rows, calls = [], {}
     texts, labels = list(raw_test["text"]), list(raw_test["label"])
     for name, model in students:
         folder = os.path.join(workdir, name.replace(" ", "_").replace(",", ""))
         path = export_onnx(model, os.path.join(folder, "model.onnx"), tokenizer)
         int8 = quantize_onnx_int8(path, os.path.join(folder, "model_int8.onnx"))
+        names = onnx_input_names(model, tokenizer)
         for suffix, file in ((" (ONNX)", path), (" (ONNX int8)", int8)):
             session = OnnxClassifier(file)
             predictions = []
@@ -658,26 +653,20 @@ def _onnx_rows(
                     return_tensors="pt",
                 )
                 predictions += session(**enc).argmax(-1).tolist()
-            latency = time_batch1(
-                session,
-                model.config,
-                settings.max_length,
-                runs=settings.latency_runs,
-                names=onnx_input_names(model, tokenizer),
-            )
+            batch = synthetic_inputs(model.config, settings.latency_batch_size, settings.max_length, names)
+            calls[name + suffix] = functools.partial(session, **batch)
             rows.append(
                 {
                     "model": name + suffix,
                     "layers": model.config.num_hidden_layers,
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "size_mb": os.path.getsize(file) / 1e6,
-                    "latency_ms": latency,
                     "test_accuracy": sum(int(p == g) for p, g in zip(predictions, labels)) / len(labels),
                     "test_f1": float(f1_score(labels, predictions, average="macro")),
                     "test_examples": len(labels),
                 }
             )
-    return rows
+    return rows, calls
 
 
 def _without_projections(model: Any) -> Any:

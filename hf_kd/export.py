@@ -27,12 +27,12 @@ it into the folder's model card as a deployment section (`hf_kd.model_card.add_d
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import os
 import statistics
-import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -308,30 +308,20 @@ def parity_check(
 
 
 def time_batch1(
-    run: Any,
+    runners: Mapping[str, Any],
     model_config: Any,
     seq_len: int,
     warmup: int = 2,
     runs: int = 10,
     names: Sequence[str] = INPUT_ORDER,
-) -> float:
-    """Median milliseconds of `run(**inputs)` on one random sequence of `seq_len` tokens, after `warmup` runs."""
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model_config.vocab_size, (1, seq_len), generator=generator)  # (1, L)
-    inputs = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "token_type_ids": torch.zeros_like(ids),
-    }
-    inputs = {k: v for k, v in inputs.items() if k in names}
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            run(**inputs)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+) -> dict[str, float]:
+    """Median milliseconds of each `runner(**inputs)` on one random sequence of `seq_len` tokens, the runners
+    timed in interleaved rounds (`hf_kd.compression.time_interleaved`) after `warmup` untimed ones."""
+    from .compression import synthetic_inputs, time_interleaved
+
+    inputs = synthetic_inputs(model_config, 1, seq_len, [n for n in INPUT_ORDER if n in names])
+    calls = {name: functools.partial(run, **inputs) for name, run in runners.items()}
+    return {name: statistics.median(t) for name, t in time_interleaved(calls, warmup, runs).items()}
 
 
 # ---- hf-kd export ------------------------------------------------------------------------------------------
@@ -417,7 +407,7 @@ def format_deployment_table(deployment: dict[str, Any]) -> str:
     lines.append(
         f"Parity on {deployment['examples']} examples ({deployment['data']}), length {deployment['seq_len']}; "
         f"differences and agreement against the PyTorch float32 model. Latency: median of "
-        f"{deployment['runs']} runs at batch 1 on CPU ({deployment['threads']} threads)."
+        f"{deployment['runs']} interleaved runs at batch 1 on CPU ({deployment['threads']} threads)."
     )
     return "\n".join(lines)
 
@@ -442,16 +432,18 @@ def run_export_command(args: argparse.Namespace) -> dict[str, Any]:
     texts, labels, data_name = _parity_data(args, model)
     report = parity_check(model, paths, tokenizer, texts, labels, max_length=args.seq_len)
     names = onnx_input_names(model, tokenizer)
+    latency = {}
+    if args.runs > 0:  # every format in the same interleaved rounds, so their ratios come from one run
+        runners = {"pytorch": model, **{key: OnnxClassifier(p) for key, p in paths.items()}}
+        latency = time_batch1(runners, model.config, args.seq_len, runs=args.runs, names=names)
     rows = []
     for name, file, size in [("PyTorch float32", "model.safetensors", model_size_bytes(model))] + [
         (n, os.path.relpath(p, args.output_dir), os.path.getsize(p)) for n, p in paths.items()
     ]:
         key = "pytorch" if name == "PyTorch float32" else name
-        latency = None
-        if args.runs > 0:
-            run = model if key == "pytorch" else OnnxClassifier(paths[key])
-            latency = time_batch1(run, model.config, args.seq_len, runs=args.runs, names=names)
-        rows.append({"format": name, "file": file, "size_bytes": size, "latency_ms": latency, **report[key]})
+        rows.append(
+            {"format": name, "file": file, "size_bytes": size, "latency_ms": latency.get(key), **report[key]}
+        )
     deployment = {
         "rows": rows,
         "data": data_name,

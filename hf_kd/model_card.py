@@ -227,22 +227,26 @@ def plot_loss_curves(curves: dict[str, dict[str, dict[str, list[float]]]], path:
     return True
 
 
-def _measure(model: Any, name: str, batch_sizes: tuple[int, ...], seq_len: int) -> dict[str, Any]:
-    from .compression import measure_model  # lazy: compression pulls in timing and quantisation helpers
+def _measure(models: dict[str, Any], batch_sizes: tuple[int, ...], seq_len: int) -> dict[str, dict[str, Any]]:
+    from .compression import measure_models  # lazy: compression pulls in timing and quantisation helpers
 
-    # The card reports CPU latency: that is where a small student is usually deployed.
-    measurement = measure_model(
-        model,
-        name=name,
+    # The card reports CPU latency: that is where a small student is usually deployed. The models are timed in
+    # interleaved rounds, so the speed-up comes from one run.
+    measured = measure_models(
+        models,
         batch_sizes=batch_sizes,
         seq_len=seq_len,
         device="cpu",
         warmup=LATENCY_WARMUP,
         runs=LATENCY_RUNS,
-    ).to_dict()
-    measurement["latency_runs"] = LATENCY_RUNS
-    measurement["latency_ms"] = {int(k): float(v) for k, v in measurement.get("latency_ms", {}).items()}
-    return measurement
+    )
+    result = {}
+    for name, m in measured.items():
+        measurement = m.to_dict()
+        measurement["latency_runs"] = LATENCY_RUNS
+        measurement["latency_ms"] = {int(k): float(v) for k, v in measurement.get("latency_ms", {}).items()}
+        result[name] = measurement
+    return result
 
 
 def _evaluate_teacher(trainer: Any, teacher: Any) -> dict[str, float]:
@@ -350,10 +354,9 @@ def _card_measurements(
     if measure:
         from .layer_map import without_projections
 
+        models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
         with without_projections(student):
-            measurements["student"] = _measure(student, "student", batch_sizes, seq_len)
-        if teacher is not None:
-            measurements["teacher"] = _measure(teacher, "teacher", batch_sizes, seq_len)
+            measurements = _measure(models, batch_sizes, seq_len)
     return measurements, seq_len
 
 
@@ -530,8 +533,9 @@ def comparison_rows(context: dict[str, Any]) -> tuple[list[dict[str, str]], list
             add(f"Latency on {device}, batch size {bs}, sequence length {seq_len} (median)", t, s, _fmt_ms)
     if teacher.get("threads") or student.get("threads"):
         runs = (student or teacher).get("latency_runs", LATENCY_RUNS)
+        both = " in alternating rounds of the two models" if teacher and student else ""
         notes.append(
-            f"Latency is the median of {runs} timed forward passes (after {LATENCY_WARMUP} warm-up passes) "
+            f"Latency is the median of {runs} timed forward passes{both} (after {LATENCY_WARMUP} warm-up passes) "
             f"with {(student or teacher).get('threads')} CPU threads, at each batch size shown; lower is better, "
             "so a ratio under 100% means the student is faster."
         )

@@ -22,10 +22,10 @@ faster), printed with the flags that build it in `hf-kd distill`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -88,17 +88,6 @@ def candidate_grid(
     return [(d, w) for d in depths for w in sorted(set(widths), reverse=True)]
 
 
-def _inputs(config: Any, names: Sequence[str], batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)  # (B, L)
-    values = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "token_type_ids": torch.zeros_like(ids),
-    }
-    return {n: values[n] for n in names}
-
-
 def _build(
     teacher: nn.Module, layers: int, hidden: int, runtime: str, workdir: str
 ) -> tuple[Candidate, Any, dict[str, torch.Tensor] | None]:
@@ -144,26 +133,24 @@ def measure_candidates(
     max_positions = getattr(teacher.config, "max_position_embeddings", None)
     if max_positions is not None and seq_len > max_positions:
         raise ValueError(f"seq_len={seq_len} exceeds the teacher's max_position_embeddings={max_positions}")
+    from .compression import synthetic_inputs, time_interleaved
     from .export import onnx_input_names
 
     teacher = teacher.float().cpu().eval()
     with tempfile.TemporaryDirectory() as workdir:
         built = [_build(teacher, layers, hidden, runtime, workdir) for layers, hidden in grid]
-        entries = []
-        for candidate, run, _ in built:
+        calls = {}
+        for i, (_, run, _) in enumerate(built):
             names = run.input_names if runtime != "torch" else onnx_input_names(run)
-            entries.append((candidate, run, _inputs(teacher.config, names, batch_size, seq_len)))
-        with torch.inference_mode():
-            for round_ in range(warmup + runs):
-                for candidate, run, inputs in entries:
-                    start = time.perf_counter()
-                    run(**inputs)
-                    if round_ >= warmup:
-                        candidate.times_ms.append((time.perf_counter() - start) * 1000.0)
-        for candidate, _, _ in entries:
+            calls[str(i)] = functools.partial(
+                run, **synthetic_inputs(teacher.config, batch_size, seq_len, names)
+            )
+        times = time_interleaved(calls, warmup, runs)
+        for i, (candidate, _, _) in enumerate(built):
+            candidate.times_ms = times[str(i)]
             candidate.latency_ms = statistics.median(candidate.times_ms)
             candidate.throughput = batch_size / candidate.latency_ms * 1000.0
-        return [c for c, _, _ in entries]
+        return [c for c, _, _ in built]
 
 
 def pick_candidate(candidates: Sequence[Candidate], latency_ms: float) -> Candidate | None:

@@ -22,6 +22,7 @@ from hf_kd.compression import (
     load_model,
     load_quantized,
     measure_model,
+    measure_models,
     model_size_bytes,
     quantize_dynamic_int8,
     run_report_command,
@@ -164,6 +165,54 @@ def test_measure_model_bookkeeping():
         measure_model(model, seq_len=65, runs=1, device="cpu")
     with pytest.raises(ValueError, match="CPU only"):
         measure_model(quantize_dynamic_int8(model), runs=1, device="cuda:0")
+
+
+def test_time_interleaved_times_every_call_once_per_round(monkeypatch):
+    import types
+
+    from hf_kd import compression
+
+    clock, order = [0.0], []
+    monkeypatch.setattr(compression, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def call(name, durations):
+        it = iter(durations)
+
+        def run():
+            order.append(name)
+            clock[0] += next(it) / 1000.0
+
+        return run
+
+    # "a" and "b" slow down alike in the third round (a busy moment): both see it.
+    times = compression.time_interleaved(
+        {"a": call("a", [9, 3, 3, 30, 3]), "b": call("b", [9, 1, 1, 10, 1])}, warmup=1, runs=4
+    )
+    assert order == ["a", "b"] * 5
+    assert times["a"] == pytest.approx([3, 3, 30, 3]) and times["b"] == pytest.approx([1, 1, 10, 1])
+    with pytest.raises(ValueError, match="runs=0"):
+        compression.time_interleaved({"a": lambda: None}, runs=0)
+
+
+def test_measure_models_interleaves_the_models_and_keeps_each_ones_bookkeeping():
+    teacher, student = tiny_model(seed=0).train(), tiny_model(seed=1, num_layers=1).eval()
+    order = []
+    for name, model in (("teacher", teacher), ("student", student)):
+        model.register_forward_pre_hook(lambda module, args, name=name: order.append(name))
+    measured = measure_models(
+        {"teacher": teacher, "student": student},
+        batch_sizes=(1, 2),
+        seq_len=8,
+        warmup=1,
+        runs=2,
+        device="cpu",
+    )
+    # Per batch size: 1 warm-up round and 2 timed ones, each running the teacher then the student.
+    assert order == ["teacher", "student"] * 6
+    assert measured["student"].num_parameters == count_parameters(student)[0]
+    assert measured["teacher"].size_bytes == model_size_bytes(teacher)
+    assert all(sorted(m.latency_ms) == [1, 2] for m in measured.values())
+    assert teacher.training and not student.training  # modes restored
 
 
 def _measurement(name, params, size, latency):
