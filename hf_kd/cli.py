@@ -717,7 +717,7 @@ def run_demo_command(argv: Sequence[str]) -> int:
         "fine-tune the pretrained all-MiniLM-L6-v2 (6 layers) on the 100, then train a student of 2 layers x 192 "
         "selected from it without distillation, distilled on the 100, and distilled with the 1,458 as a transfer "
         "set; over 3 seeds, with the paired difference and its standard error. Then size, CPU latency and ONNX. "
-        "Offline; about 6 minutes on 2 CPU cores (--quick: about 1 minute).",
+        "Offline; 6 to 7 minutes on 2 CPU cores (--quick: about 1 minute).",
     )
     parser.add_argument(
         "--output-dir", "--output_dir", default="hf-kd-demo", help="Where models and results go."
