@@ -369,20 +369,14 @@ def _interleaved_latency(
     rows: list[tuple[str, Any]], config: Any, batch_sizes: list[int], seq_len: int, warmup: int, runs: int
 ) -> dict[str, dict[int, float]]:
     """Median ms per forward pass of every row at every batch size, timed in interleaved rounds."""
-    import functools
-    import statistics
-
-    from hf_kd.compression import synthetic_inputs, time_interleaved
-    from hf_kd.export import onnx_input_names
+    from hf_kd.compression import median_latency
+    from hf_kd.export import runner_input_names
 
     latency: dict[str, dict[int, float]] = {name: {} for name, _ in rows}
     for batch_size in batch_sizes:
-        calls = {}
-        for name, run in rows:
-            names = run.input_names if hasattr(run, "input_names") else onnx_input_names(run)
-            calls[name] = functools.partial(run, **synthetic_inputs(config, batch_size, seq_len, names))
-        for name, times in time_interleaved(calls, warmup, runs).items():
-            latency[name][batch_size] = statistics.median(times)
+        medians = median_latency(dict(rows), config, batch_size, seq_len, warmup, runs, runner_input_names)
+        for name, ms in medians.items():
+            latency[name][batch_size] = ms
     return latency
 
 

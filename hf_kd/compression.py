@@ -58,6 +58,7 @@ __all__ = [
     "model_size_bytes",
     "measure_model",
     "measure_models",
+    "median_latency",
     "synthetic_inputs",
     "time_interleaved",
     "compare_models",
@@ -247,6 +248,27 @@ def time_interleaved(
                 if round_ >= warmup:
                     times[name].append((time.perf_counter() - start) * 1000.0)
     return times
+
+
+def median_latency(
+    runners: Mapping[str, Callable[..., Any]],
+    config: Any,
+    batch_size: int,
+    seq_len: int,
+    warmup: int = 2,
+    runs: int = 10,
+    input_names: Sequence[str] | Callable[[Any], Sequence[str]] = ("input_ids", "attention_mask"),
+) -> dict[str, float]:
+    """Median milliseconds of each `runner(**batch)` on one `synthetic_inputs` batch of `batch_size` x
+    `seq_len` from `config`'s vocabulary, every runner timed in the same interleaved rounds (`time_interleaved`).
+
+    `input_names` lists the inputs every runner takes, or maps a runner to its own list (an ONNX session and a
+    PyTorch model can take different ones)."""
+    calls = {}
+    for name, run in runners.items():
+        names = input_names(run) if callable(input_names) else input_names
+        calls[name] = functools.partial(run, **synthetic_inputs(config, batch_size, seq_len, names))
+    return {name: statistics.median(t) for name, t in time_interleaved(calls, warmup, runs).items()}
 
 
 def measure_models(

@@ -448,12 +448,11 @@ def _measured_rows(
 ) -> list[dict[str, Any]]:
     """One row per model (the teacher first): size, latency, test scores, and the teacher's share kept; ONNX rows
     for the second model (the distilled student). Every row's latency comes from the same interleaved rounds
-    (`hf_kd.compression.time_interleaved`), so the speed-ups between rows come from one run."""
-    import functools
+    (`hf_kd.compression.median_latency`), so the speed-ups between rows come from one run."""
+    from .compression import count_parameters, median_latency, model_size_bytes
+    from .export import runner_input_names
 
-    from .compression import count_parameters, model_size_bytes, synthetic_inputs, time_interleaved
-
-    rows, calls = [], {}
+    rows, runners = [], {}
     for name, model, metrics in models:
         deployed = _without_projections(model).eval()
         rows.append(
@@ -467,15 +466,21 @@ def _measured_rows(
                 "test_examples": len(test),
             }
         )
-        batch = synthetic_inputs(deployed.config, settings.latency_batch_size, settings.max_length)
-        calls[name] = functools.partial(deployed, **batch)
+        runners[name] = deployed
     if settings.onnx:
         onnx_rows, sessions = _onnx_rows([models[1][:2]], raw_test, tokenizer, settings, onnx_dir)
         rows += onnx_rows
-        calls.update(sessions)
-    times = time_interleaved(calls, warmup=2, runs=settings.latency_runs)
+        runners.update(sessions)
+    latency = median_latency(
+        runners,
+        models[0][1].config,
+        settings.latency_batch_size,
+        settings.max_length,
+        runs=settings.latency_runs,
+        input_names=runner_input_names,
+    )
     for row in rows:
-        row["latency_ms"] = statistics.median(times[row["model"]])
+        row["latency_ms"] = latency[row["model"]]
         row["teacher_accuracy_kept"] = row["test_accuracy"] / rows[0]["test_accuracy"]
     return rows
 
@@ -620,12 +625,9 @@ def run_demo(
 def _onnx_rows(
     students: list[tuple[str, Any]], raw_test: Any, tokenizer: Any, settings: DemoSettings, workdir: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """ONNX Runtime float32 and int8 rows for each student (size of the file, test metrics), and for each row a
-    call that runs the session on a latency batch."""
-    import functools
-
-    from .compression import synthetic_inputs
-    from .export import OnnxClassifier, export_onnx, onnx_input_names, quantize_onnx_int8
+    """ONNX Runtime float32 and int8 rows for each student (size of the file, test metrics), and each row's
+    session, to be timed."""
+    from .export import OnnxClassifier, export_onnx, quantize_onnx_int8
 
     try:
         import onnxruntime  # noqa: F401
@@ -634,13 +636,12 @@ def _onnx_rows(
         return [], {}
     from sklearn.metrics import f1_score
 
-    rows, calls = [], {}
+    rows, sessions = [], {}
     texts, labels = list(raw_test["text"]), list(raw_test["label"])
     for name, model in students:
         folder = os.path.join(workdir, name.replace(" ", "_").replace(",", ""))
         path = export_onnx(model, os.path.join(folder, "model.onnx"), tokenizer)
         int8 = quantize_onnx_int8(path, os.path.join(folder, "model_int8.onnx"))
-        names = onnx_input_names(model, tokenizer)
         for suffix, file in ((" (ONNX)", path), (" (ONNX int8)", int8)):
             session = OnnxClassifier(file)
             predictions = []
@@ -653,8 +654,7 @@ def _onnx_rows(
                     return_tensors="pt",
                 )
                 predictions += session(**enc).argmax(-1).tolist()
-            batch = synthetic_inputs(model.config, settings.latency_batch_size, settings.max_length, names)
-            calls[name + suffix] = functools.partial(session, **batch)
+            sessions[name + suffix] = session
             rows.append(
                 {
                     "model": name + suffix,
@@ -666,7 +666,7 @@ def _onnx_rows(
                     "test_examples": len(labels),
                 }
             )
-    return rows, calls
+    return rows, sessions
 
 
 def _without_projections(model: Any) -> Any:

@@ -27,10 +27,8 @@ it into the folder's model card as a deployment section (`hf_kd.model_card.add_d
 from __future__ import annotations
 
 import argparse
-import functools
 import inspect
 import os
-import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -85,6 +83,13 @@ def onnx_input_names(model: nn.Module, tokenizer: Any = None) -> list[str]:
         if not used:
             names.remove("token_type_ids")
     return names
+
+
+def runner_input_names(runner: Any) -> list[str]:
+    """The inputs a timed runner takes: an ONNX session's own (`OnnxClassifier.input_names`), else those the
+    exported graph of the PyTorch model would take (`onnx_input_names`), so both time the same batch."""
+    names = getattr(runner, "input_names", None)
+    return list(names) if names is not None else onnx_input_names(runner)
 
 
 class _LogitsOnly(nn.Module):
@@ -307,23 +312,6 @@ def parity_check(
     }
 
 
-def time_batch1(
-    runners: Mapping[str, Any],
-    model_config: Any,
-    seq_len: int,
-    warmup: int = 2,
-    runs: int = 10,
-    names: Sequence[str] = INPUT_ORDER,
-) -> dict[str, float]:
-    """Median milliseconds of each `runner(**inputs)` on one random sequence of `seq_len` tokens, the runners
-    timed in interleaved rounds (`hf_kd.compression.time_interleaved`) after `warmup` untimed ones."""
-    from .compression import synthetic_inputs, time_interleaved
-
-    inputs = synthetic_inputs(model_config, 1, seq_len, [n for n in INPUT_ORDER if n in names])
-    calls = {name: functools.partial(run, **inputs) for name, run in runners.items()}
-    return {name: statistics.median(t) for name, t in time_interleaved(calls, warmup, runs).items()}
-
-
 # ---- hf-kd export ------------------------------------------------------------------------------------------
 
 
@@ -417,7 +405,7 @@ def run_export_command(args: argparse.Namespace) -> dict[str, Any]:
     _require_onnx()
     from transformers import AutoTokenizer
 
-    from .compression import is_quantized, load_model, model_size_bytes
+    from .compression import is_quantized, load_model, median_latency, model_size_bytes
 
     model = load_model(args.output_dir)
     if is_quantized(model):
@@ -435,7 +423,7 @@ def run_export_command(args: argparse.Namespace) -> dict[str, Any]:
     latency = {}
     if args.runs > 0:  # every format in the same interleaved rounds, so their ratios come from one run
         runners = {"pytorch": model, **{key: OnnxClassifier(p) for key, p in paths.items()}}
-        latency = time_batch1(runners, model.config, args.seq_len, runs=args.runs, names=names)
+        latency = median_latency(runners, model.config, 1, args.seq_len, runs=args.runs, input_names=names)
     rows = []
     for name, file, size in [("PyTorch float32", "model.safetensors", model_size_bytes(model))] + [
         (n, os.path.relpath(p, args.output_dir), os.path.getsize(p)) for n, p in paths.items()

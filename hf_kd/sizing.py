@@ -134,17 +134,15 @@ def measure_candidates(
     if max_positions is not None and seq_len > max_positions:
         raise ValueError(f"seq_len={seq_len} exceeds the teacher's max_position_embeddings={max_positions}")
     from .compression import synthetic_inputs, time_interleaved
-    from .export import onnx_input_names
+    from .export import runner_input_names
 
     teacher = teacher.float().cpu().eval()
     with tempfile.TemporaryDirectory() as workdir:
         built = [_build(teacher, layers, hidden, runtime, workdir) for layers, hidden in grid]
         calls = {}
         for i, (_, run, _) in enumerate(built):
-            names = run.input_names if runtime != "torch" else onnx_input_names(run)
-            calls[str(i)] = functools.partial(
-                run, **synthetic_inputs(teacher.config, batch_size, seq_len, names)
-            )
+            batch = synthetic_inputs(teacher.config, batch_size, seq_len, runner_input_names(run))
+            calls[str(i)] = functools.partial(run, **batch)
         times = time_interleaved(calls, warmup, runs)
         for i, (candidate, _, _) in enumerate(built):
             candidate.times_ms = times[str(i)]

@@ -194,6 +194,45 @@ def test_time_interleaved_times_every_call_once_per_round(monkeypatch):
         compression.time_interleaved({"a": lambda: None}, runs=0)
 
 
+def test_median_latency_gives_each_runner_its_own_inputs_and_the_median_of_its_rounds(monkeypatch):
+    import types
+
+    from hf_kd import compression
+    from hf_kd.export import runner_input_names
+
+    clock, seen = [0.0], {}
+    monkeypatch.setattr(compression, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class Session:  # an ONNX session stand-in: it names its own inputs
+        input_names = ["input_ids", "attention_mask"]
+
+        def __init__(self, durations):
+            self.durations = iter(durations)
+
+        def __call__(self, **inputs):
+            seen.setdefault("session", set()).add(tuple(sorted(inputs)))
+            clock[0] += next(self.durations) / 1000.0
+
+    model = tiny_model(seed=0)  # BERT, type_vocab_size 2: its exported graph takes token_type_ids too
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.setdefault("model", set()).add(tuple(sorted(kwargs))) or None,
+        with_kwargs=True,
+    )
+    medians = compression.median_latency(
+        {"model": model, "session": Session([50, 4, 8, 6])},
+        model.config,
+        batch_size=3,
+        seq_len=5,
+        warmup=1,
+        runs=3,
+        input_names=runner_input_names,
+    )
+    assert seen["session"] == {("attention_mask", "input_ids")}
+    assert seen["model"] == {("attention_mask", "input_ids", "token_type_ids")}
+    assert medians["session"] == pytest.approx(6.0)  # median of the timed 4, 8, 6; the 50 was the warm-up
+    assert set(medians) == {"model", "session"}
+
+
 def test_measure_models_interleaves_the_models_and_keeps_each_ones_bookkeeping():
     teacher, student = tiny_model(seed=0).train(), tiny_model(seed=1, num_layers=1).eval()
     order = []
