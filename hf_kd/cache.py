@@ -277,11 +277,12 @@ def _build_columns(
     teacher.eval().to(device)
     stored: dict[str, list] = {}
     num_classes = None
+    order = _longest_first(inputs_view)
     try:
         n = len(inputs_view)
         with torch.no_grad():
             for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
-                rows = inputs_view[start : start + batch_size]  # dict of column -> list
+                rows = inputs_view[order[start : start + batch_size]]  # dict of column -> list
                 features = [dict(zip(rows, values)) for values in zip(*rows.values())]
                 try:
                     batch = collator(features)
@@ -333,7 +334,30 @@ def _build_columns(
     finally:
         teacher.train(was_training)
         teacher.to(home)
-    return stored, task, num_classes
+    return {name: _unsorted(values, order) for name, values in stored.items()}, task, num_classes
+
+
+def _longest_first(inputs_view: Any) -> list[int]:
+    """Row order for the teacher's batches: longest first (stable), so that each padded batch holds rows of
+    similar length and little padding; a length-grouped order, as the Trainer's `group_by_length`, with the
+    longest batch first so that running out of memory shows at once. The values are put back in row order
+    (`_unsorted`) and are the same per row: padding is masked out and stripped."""
+    import pyarrow.compute as pc
+
+    n = len(inputs_view)
+    if "input_ids" not in inputs_view.column_names or n == 0:
+        return list(range(n))
+    column = inputs_view.with_format("arrow")[:]["input_ids"]
+    lengths = pc.list_value_length(column).to_pylist()
+    return sorted(range(n), key=lambda i: -lengths[i])
+
+
+def _unsorted(values: list, order: list[int]) -> list:
+    """`values[i]` belongs to row `order[i]`: back in row order."""
+    out: list = [None] * len(values)
+    for position, row in enumerate(order):
+        out[row] = values[position]
+    return out
 
 
 def _with_columns(

@@ -108,6 +108,32 @@ def test_cached_run_equals_live_run_token_classification_with_padding(tmp_out, t
     assert_same_training(live, cached, init)
 
 
+@pytest.mark.parametrize("cls", ["BertForSequenceClassification", "BertForTokenClassification"])
+def test_cache_runs_longest_rows_first_and_stores_each_rows_own_values_in_row_order(tokenizer, cls):
+    teacher = tiny_model(cls, num_layers=2, seed=1).eval()
+    data = unpadded_token_dataset(n=11, seed=3)
+    if cls == "BertForSequenceClassification":
+        data = data.map(lambda e, i: {"labels": i % 3}, with_indices=True)
+    lengths = [len(ids) for ids in data["input_ids"]]
+    padded_to = []
+    teacher.register_forward_pre_hook(
+        lambda module, args, kwargs: padded_to.append(kwargs["input_ids"].shape[1]) or None, with_kwargs=True
+    )
+    cached = cache_teacher_outputs(teacher, data, batch_size=4, tokenizer=tokenizer)
+    padded_to_cached = list(padded_to)
+    # Batches in descending length: batch k is padded to the k*4-th longest row.
+    longest_first = sorted(lengths, reverse=True)
+    assert padded_to_cached == [longest_first[k] for k in range(0, len(lengths), 4)]
+    # Each row's stored values equal the teacher on that row alone (no padding), in the dataset's row order.
+    with torch.no_grad():
+        for i, row in enumerate(data):
+            alone = teacher(
+                input_ids=torch.tensor([row["input_ids"]]), attention_mask=torch.tensor([row["attention_mask"]])
+            ).logits[0]
+            torch.testing.assert_close(torch.tensor(cached[i]["teacher_logits"]), alone, rtol=1e-5, atol=1e-5)
+            assert cached[i]["input_ids"] == row["input_ids"]
+
+
 def qa_dataset() -> Dataset:
     data = tiny_classification_dataset(n=8).remove_columns("labels")
     return data.map(lambda e, i: {"start_positions": i % 4, "end_positions": i % 4 + 2}, with_indices=True)
