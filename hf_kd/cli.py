@@ -656,6 +656,7 @@ def run_finetune(argv: Sequence[str]) -> int:
     from transformers import AutoConfig, AutoTokenizer, Trainer, set_seed
 
     from .tasks import prepare_task_data
+    from .teacher import warn_if_autocast_is_emulated
 
     set_seed(config.seed)
     pretrained_config = _from_pretrained(
@@ -671,6 +672,7 @@ def run_finetune(argv: Sequence[str]) -> int:
         trust_remote_code=model_args.trust_remote_code,
     )
     prepared = prepare_task_data(task, raw, tokenizer, model.config, data_args, seed=config.seed)
+    warn_if_autocast_is_emulated(config)
     trainer = Trainer(
         model=model,
         args=config,

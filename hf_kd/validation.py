@@ -692,7 +692,10 @@ def check_teacher_sources(
 
 def check_trainer_setup(trainer: Any, teachers: Sequence[nn.Module]) -> None:
     """Every check a DistillationTrainer runs at construction, before anything is placed or trained."""
+    from .teacher import warn_if_autocast_is_emulated
+
     args = trainer.args
+    warn_if_autocast_is_emulated(args)
     check_teacher_sources(teachers, trainer.uses_cache, args, trainer.train_dataset)
     for i, teacher in enumerate(teachers):
         name = "teacher" if len(teachers) == 1 else f"teacher {i}"

@@ -435,3 +435,50 @@ def test_trainer_auto_keeps_bfloat16_only_if_every_process_agrees(tmp_out, monke
     assert "another process" in precision.reason and precision.agreement is not None
     trainer.accelerator.reduce = lambda t, reduction: t * 2  # both processes voted bfloat16
     assert trainer._teacher_precision(_sharp_teacher(), trainer._first_batch()).dtype == torch.bfloat16
+
+
+# ---- bf16=True on a CPU that emulates bfloat16 is warned about ----------------------------------------------
+
+
+@pytest.mark.parametrize("flags, warned", [({"avx2", "fma"}, True), ({"avx2", "avx512_bf16"}, False)])
+def test_bf16_autocast_on_a_cpu_without_native_bfloat16_is_warned_about(tmp_path, monkeypatch, caplog, flags, warned):
+    from conftest import make_args, tiny_classification_dataset, tiny_model
+
+    import hf_kd.teacher as teacher_module
+    from hf_kd import DistillationTrainer
+
+    monkeypatch.setattr(teacher_module, "_cpu_flags", lambda: flags)
+    with caplog.at_level("WARNING", logger="hf_kd.teacher"):
+        DistillationTrainer(
+            model=tiny_model(seed=2, num_layers=1, hidden=32),
+            teacher_model=tiny_model(seed=1),
+            args=make_args(str(tmp_path), bf16=True, teacher_dtype="float32"),
+            train_dataset=tiny_classification_dataset(n=8, seq_len=8, seed=5),
+        )
+    messages = [r.getMessage() for r in caplog.records if "bf16=True" in r.getMessage()]
+    assert bool(messages) is warned
+    if warned:
+        assert "neither amx_bf16 nor avx512_bf16" in messages[0] and "drop bf16" in messages[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_kd.teacher"):  # float32 training: nothing to say
+        assert teacher_module.warn_if_autocast_is_emulated(make_args(str(tmp_path), bf16=False)) is False
+    assert not caplog.records
+
+
+@pytest.mark.slow
+def test_hf_kd_finetune_with_bf16_on_an_emulating_cpu_warns(tmp_path, monkeypatch, caplog):
+    import cli_assets as A
+
+    import hf_kd.teacher as teacher_module
+    from hf_kd import cli
+
+    monkeypatch.setattr(teacher_module, "_cpu_flags", lambda: {"avx2"})
+    pretrained = A.save_teacher(str(tmp_path / "pretrained"), "BertForSequenceClassification", A.SENTIMENTS)
+    train = A.write_csv(str(tmp_path / "train.csv"), ["sentence", "label"], A.sentiment_rows(16, 0))
+    with caplog.at_level("WARNING", logger="hf_kd.teacher"):
+        code = cli.main(
+            ["finetune", "--model_name_or_path", pretrained, "--train_file", train, "--output_dir",
+             str(tmp_path / "out"), "--bf16", *A.QUICK]
+        )  # fmt: skip
+    assert code == 0
+    assert any("bf16=True on this CPU" in r.getMessage() for r in caplog.records)
