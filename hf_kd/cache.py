@@ -52,7 +52,7 @@ from .teacher import (
     TEACHER_TOPK_LOG_PROBS,
     forward_argument_names,
 )
-from .validation import DistillationConfigError, infer_task
+from .validation import DistillationConfigError, _arrow_column, infer_task
 
 logger = logging.getLogger(__name__)
 
@@ -344,12 +344,11 @@ def _longest_first(inputs_view: Any) -> list[int]:
     (`_unsorted`) and are the same per row: padding is masked out and stripped."""
     import pyarrow.compute as pc
 
-    n = len(inputs_view)
-    if "input_ids" not in inputs_view.column_names or n == 0:
-        return list(range(n))
-    column = inputs_view.with_format("arrow")[:]["input_ids"]
+    column = _arrow_column(inputs_view, "input_ids")
+    if column is None:
+        return list(range(len(inputs_view)))
     lengths = pc.list_value_length(column).to_pylist()
-    return sorted(range(n), key=lambda i: -lengths[i])
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def _unsorted(values: list, order: list[int]) -> list:
