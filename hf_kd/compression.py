@@ -61,6 +61,7 @@ __all__ = [
     "median_latency",
     "synthetic_inputs",
     "time_interleaved",
+    "time_runners",
     "compare_models",
     "format_comparison_table",
     "quantize_dynamic_int8",
@@ -250,6 +251,28 @@ def time_interleaved(
     return times
 
 
+def time_runners(
+    runners: Mapping[str, Callable[..., Any]],
+    config: Any,
+    batch_size: int,
+    seq_len: int,
+    warmup: int = 2,
+    runs: int = 10,
+    input_names: Sequence[str] | Callable[[Any], Sequence[str]] = ("input_ids", "attention_mask"),
+) -> dict[str, list[float]]:
+    """Milliseconds of each `runner(**batch)` in each timed round, on one `synthetic_inputs` batch of
+    `batch_size` x `seq_len` from `config`'s vocabulary, every runner timed in the same interleaved rounds
+    (`time_interleaved`).
+
+    `input_names` lists the inputs every runner takes, or maps a runner to its own list (an ONNX session and a
+    PyTorch model can take different ones)."""
+    calls = {}
+    for name, run in runners.items():
+        names = input_names(run) if callable(input_names) else input_names
+        calls[name] = functools.partial(run, **synthetic_inputs(config, batch_size, seq_len, names))
+    return time_interleaved(calls, warmup, runs)
+
+
 def median_latency(
     runners: Mapping[str, Callable[..., Any]],
     config: Any,
@@ -259,16 +282,9 @@ def median_latency(
     runs: int = 10,
     input_names: Sequence[str] | Callable[[Any], Sequence[str]] = ("input_ids", "attention_mask"),
 ) -> dict[str, float]:
-    """Median milliseconds of each `runner(**batch)` on one `synthetic_inputs` batch of `batch_size` x
-    `seq_len` from `config`'s vocabulary, every runner timed in the same interleaved rounds (`time_interleaved`).
-
-    `input_names` lists the inputs every runner takes, or maps a runner to its own list (an ONNX session and a
-    PyTorch model can take different ones)."""
-    calls = {}
-    for name, run in runners.items():
-        names = input_names(run) if callable(input_names) else input_names
-        calls[name] = functools.partial(run, **synthetic_inputs(config, batch_size, seq_len, names))
-    return {name: statistics.median(t) for name, t in time_interleaved(calls, warmup, runs).items()}
+    """The median of each runner's `time_runners` rounds, in milliseconds."""
+    times = time_runners(runners, config, batch_size, seq_len, warmup, runs, input_names)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure_models(

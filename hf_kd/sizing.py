@@ -22,7 +22,6 @@ faster), printed with the flags that build it in `hf-kd distill`.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import tempfile
@@ -133,17 +132,14 @@ def measure_candidates(
     max_positions = getattr(teacher.config, "max_position_embeddings", None)
     if max_positions is not None and seq_len > max_positions:
         raise ValueError(f"seq_len={seq_len} exceeds the teacher's max_position_embeddings={max_positions}")
-    from .compression import synthetic_inputs, time_interleaved
+    from .compression import time_runners
     from .export import runner_input_names
 
     teacher = teacher.float().cpu().eval()
     with tempfile.TemporaryDirectory() as workdir:
         built = [_build(teacher, layers, hidden, runtime, workdir) for layers, hidden in grid]
-        calls = {}
-        for i, (_, run, _) in enumerate(built):
-            batch = synthetic_inputs(teacher.config, batch_size, seq_len, runner_input_names(run))
-            calls[str(i)] = functools.partial(run, **batch)
-        times = time_interleaved(calls, warmup, runs)
+        runners = {str(i): run for i, (_, run, _) in enumerate(built)}
+        times = time_runners(runners, teacher.config, batch_size, seq_len, warmup, runs, runner_input_names)
         for i, (candidate, _, _) in enumerate(built):
             candidate.times_ms = times[str(i)]
             candidate.latency_ms = statistics.median(candidate.times_ms)
