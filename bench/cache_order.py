@@ -26,8 +26,17 @@ import statistics
 import time
 from typing import Any
 
-from bench.common import RESULTS_DIR, TaskSpec, load_raw, load_tokenizer, machine_info, machine_line, markdown_table
-from bench.common import save_json, teacher_path
+from bench.common import (
+    RESULTS_DIR,
+    TaskSpec,
+    load_raw,
+    load_tokenizer,
+    machine_info,
+    machine_line,
+    markdown_table,
+    save_json,
+    teacher_path,
+)
 
 
 def _padding_per_real_token(lengths: list[int], order: list[int], batch_size: int) -> float:

@@ -30,7 +30,7 @@ import argparse
 import inspect
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
