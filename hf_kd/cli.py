@@ -436,25 +436,60 @@ def _load_student(model_args: ModelArguments, teacher: Any, task: str) -> Any:
 # ---- hf-kd distill ---------------------------------------------------------------------------------------------
 
 
-def run_distill(argv: Sequence[str]) -> int:
-    """`hf-kd distill`: returns the exit status. Every check runs before the output directory is touched."""
-    command = parse_command("distill", argv)
-    model_args, data_args, config = command.model, command.data, command.training
-    source = check_model_source(model_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
+def _begin(name: str, argv: Sequence[str], flag: str) -> tuple[Command, str, Any, Any, Any, str]:
+    """What `hf-kd distill` and `hf-kd finetune` check and load before building their models, in order: the
+    flags, the model source named by `flag`, the output directory (and what to resume from), the seed, the
+    source's config, the raw data and the task. Returns (command, source, resume, config, raw, task)."""
+    command = parse_command(name, argv)
+    source = check_model_source(getattr(command.model, flag.lstrip("-")), flag)
     resume = prepare_output_dir(command) if not command.run.overwrite_output_dir else None
 
     from transformers import AutoConfig, set_seed
+
+    set_seed(command.training.seed)
+    config = _from_pretrained(AutoConfig, source, flag, trust_remote_code=command.model.trust_remote_code)
+    raw = load_raw_data(command, command.model.task)
+    task = resolve_task(command, config, source, flag, raw)
+    return command, source, resume, config, raw, task
+
+
+def _train(trainer: Any, command: Command, resume: Any) -> Any:
+    """Every check has passed, the trainer's own included: only now is an earlier run removed (with
+    --overwrite_output_dir) and this one recorded. Trains, then logs and saves the train metrics."""
+    if command.run.overwrite_output_dir:
+        prepare_output_dir(command)
+    record_run(command)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    return train_result
+
+
+def _evaluate_labelled(trainer: Any, prepared: Any) -> dict[str, dict[str, float]]:
+    """Evaluate the trained model on the labelled validation ("eval") and test ("test") splits, logging and
+    saving each split's metrics; keyed by prefix."""
+    results: dict[str, dict[str, float]] = {}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        dataset = prepared.datasets.get(split)
+        if dataset is None or not prepared.labelled.get(split, False):
+            continue
+        trainer.compute_metrics = prepared.compute_metrics(split)
+        metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
+        trainer.log_metrics(prefix, metrics)
+        trainer.save_metrics(prefix, metrics)
+        results[prefix] = metrics
+    return results
+
+
+def run_distill(argv: Sequence[str]) -> int:
+    """`hf-kd distill`: returns the exit status. Every check runs before the output directory is touched."""
+    command, source, resume, _, raw, task = _begin("distill", argv, "--teacher_model_name_or_path")
+    model_args, data_args, config = command.model, command.data, command.training
 
     from .distributed import shutdown_distributed
     from .tasks import prepare_task_data
     from .trainer import DistillationTrainer
 
-    set_seed(config.seed)
-    teacher_config = _from_pretrained(
-        AutoConfig, source, "--teacher_model_name_or_path", trust_remote_code=model_args.trust_remote_code
-    )
-    raw = load_raw_data(command, model_args.task)
-    task = resolve_task(command, teacher_config, source, "--teacher_model_name_or_path", raw)
     teacher = load_teacher(command, task, source)
     tokenizer, teacher_tokenizer = _tokenizers(model_args, source)
     if teacher_tokenizer is not None and task != "text-classification":
@@ -485,19 +520,13 @@ def run_distill(argv: Sequence[str]) -> int:
         preprocess_logits_for_metrics=prepared.preprocess_logits_for_metrics,
         peft_config=_peft_config(model_args, task),
     )
-    # Every check passed, the trainer's own included: only now is an earlier run removed and this one recorded.
-    if command.run.overwrite_output_dir:
-        prepare_output_dir(command)
-    record_run(command)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    _train(trainer, command, resume)
     merged = None
     if model_args.use_peft:
         # The adapter merged in: a full model, which AutoModelFor... and pipeline() load like any other.
         merged = trainer.save_merged_student(config.output_dir)
     else:
         trainer.save_model(config.output_dir)
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
     student_metrics, teacher_metrics = _evaluate_splits(trainer, prepared)
     trainer.save_state()
     if merged is not None:
@@ -524,16 +553,7 @@ def run_distill(argv: Sequence[str]) -> int:
 def _evaluate_splits(trainer: Any, prepared: Any) -> tuple[dict[str, float], dict[str, float] | None]:
     """Evaluate the student on validation and test (and the teacher on test); the card's figures: test when
     there is a labelled test split, else validation."""
-    results: dict[str, dict[str, float]] = {}
-    for split, prefix in (("validation", "eval"), ("test", "test")):
-        dataset = prepared.datasets.get(split)
-        if dataset is None or not prepared.labelled.get(split, False):
-            continue
-        trainer.compute_metrics = prepared.compute_metrics(split)
-        metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
-        trainer.log_metrics(prefix, metrics)
-        trainer.save_metrics(prefix, metrics)
-        results[prefix] = metrics
+    results = _evaluate_labelled(trainer, prepared)
     if "test" in results:
         teacher = _evaluate_teacher(trainer, prepared.datasets["test"], prepared.compute_metrics("test"))
         return results["test"], teacher
@@ -648,22 +668,14 @@ def _finetune_model(command: Command, task: str, source: str, raw: Any) -> Any:
 
 def run_finetune(argv: Sequence[str]) -> int:
     """`hf-kd finetune`: fine-tune a pretrained model on the task with a plain Trainer, to serve as a teacher."""
-    command = parse_command("finetune", argv)
+    command, source, resume, _, raw, task = _begin("finetune", argv, "--model_name_or_path")
     model_args, data_args, config = command.model, command.data, command.training
-    source = check_model_source(model_args.model_name_or_path, "--model_name_or_path")
-    resume = prepare_output_dir(command) if not command.run.overwrite_output_dir else None
 
-    from transformers import AutoConfig, AutoTokenizer, Trainer, set_seed
+    from transformers import AutoTokenizer, Trainer
 
     from .tasks import prepare_task_data
     from .teacher import warn_if_autocast_is_emulated
 
-    set_seed(config.seed)
-    pretrained_config = _from_pretrained(
-        AutoConfig, source, "--model_name_or_path", trust_remote_code=model_args.trust_remote_code
-    )
-    raw = load_raw_data(command, model_args.task)
-    task = resolve_task(command, pretrained_config, source, "--model_name_or_path", raw)
     model = _finetune_model(command, task, source, raw)
     tokenizer = _from_pretrained(
         AutoTokenizer,
@@ -683,23 +695,14 @@ def run_finetune(argv: Sequence[str]) -> int:
         compute_metrics=prepared.compute_metrics("validation"),
         preprocess_logits_for_metrics=prepared.preprocess_logits_for_metrics,
     )
-    if command.run.overwrite_output_dir:
-        prepare_output_dir(command)
-    record_run(command)
     if resume is True:
+        # Trainer would take the highest checkpoint-N even if a kill left it half written.
         from .checkpoints import last_complete_checkpoint
 
         resume = last_complete_checkpoint(config.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    _train(trainer, command, resume)
     trainer.save_model(config.output_dir)
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    for split, prefix in (("validation", "eval"), ("test", "test")):
-        if split in prepared.datasets and prepared.labelled.get(split, False):
-            trainer.compute_metrics = prepared.compute_metrics(split)
-            metrics = trainer.evaluate(prepared.datasets[split], metric_key_prefix=prefix)
-            trainer.log_metrics(prefix, metrics)
-            trainer.save_metrics(prefix, metrics)
+    _evaluate_labelled(trainer, prepared)
     trainer.save_state()
     if trainer.is_world_process_zero():
         print(
