@@ -391,6 +391,81 @@ def _select_state(
     return state, record
 
 
+def _student_config(
+    teacher: PreTrainedModel,
+    selected: list[int],
+    init: str,
+    select: bool,
+    widths: tuple[int, int, int] | None,
+    widths_given: dict[str, int],
+    hidden_size: int | None,
+    num_attention_heads: int | None,
+    intermediate_size: int | None,
+    config_overrides: dict[str, Any],
+) -> tuple[Any, dict[int, int], dict[str, Any]]:
+    """The student's config (the teacher's with fewer layers, any new widths and overrides, and the hf_kd_*
+    records), the map from student layer index to teacher layer index in the layer container (0-based), and the
+    config overrides to name in the random-initialisation warning."""
+    config = teacher.config
+    model_type = config.model_type
+    num_teacher = _teacher_layers(config)
+    student_config = copy.deepcopy(config)
+    for name, value in config_overrides.items():
+        setattr(student_config, name, value)
+    if select:
+        student_config.hidden_size, student_config.num_attention_heads = widths[0], widths[1]
+        _set_intermediate_size(student_config, widths[2])
+        # ELECTRA without a factorised embedding (embedding_size == hidden_size) stays without one.
+        if getattr(config, "embedding_size", None) == config.hidden_size:
+            student_config.embedding_size = widths[0]
+    else:
+        # The same shapes weight selection would build: heads and FFN follow a new hidden size unless given.
+        head_dim = config.hidden_size // config.num_attention_heads
+        if hidden_size is not None and hidden_size % head_dim == 0:
+            resolved = _resolve_widths(config, hidden_size, num_attention_heads, intermediate_size)
+            widths_given = dict(zip(("hidden_size", "num_attention_heads", "intermediate_size"), resolved))
+        for name, value in widths_given.items():
+            if name == "intermediate_size":
+                _set_intermediate_size(student_config, value)
+            else:
+                setattr(student_config, name, value)
+        config_overrides = {**widths_given, **config_overrides}  # named in the random-init warning
+    # DeBERTa's pooler width defaults to hidden_size when the config is made; follow a new hidden size.
+    if student_config.hidden_size != config.hidden_size and "pooler_hidden_size" not in config_overrides:
+        if getattr(config, "pooler_hidden_size", None) == config.hidden_size:
+            student_config.pooler_hidden_size = student_config.hidden_size
+    student_config.num_hidden_layers = len(selected)
+    # layer index maps in the layer container: student index -> teacher index (0-based)
+    if model_type == "albert":
+        groups = _albert_groups(config, selected)
+        student_config.num_hidden_groups = len(groups)
+        index_map = dict(enumerate(groups))
+        logger.info(
+            "ALBERT shares weights across layers: the student keeps teacher layer group(s) %s and runs them %d "
+            "times instead of %d (selected teacher layers %s).",
+            groups,
+            len(selected),
+            num_teacher,
+            selected,
+        )
+    else:
+        index_map = {m: t - 1 for m, t in enumerate(selected)}
+    name_or_path = getattr(config, "_name_or_path", None) or None
+    student_config.hf_kd_teacher = name_or_path or type(teacher).__name__
+    student_config.hf_kd_teacher_layers = selected
+    student_config.hf_kd_init = "select" if select else init
+    student_config._name_or_path = ""
+    return student_config, index_map, config_overrides
+
+
+def _finish(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+    """Tie the student's weights and move it to the teacher's device and dtype."""
+    if hasattr(student, "tie_weights"):
+        student.tie_weights()
+    param = next(teacher.parameters())
+    student.to(device=param.device, dtype=param.dtype)
+
+
 def make_student(
     teacher: PreTrainedModel,
     num_layers: int | None = None,
@@ -478,53 +553,18 @@ def make_student(
             )
         if select:
             _check_select_widths(config, *widths)
-    student_config = copy.deepcopy(config)
-    for name, value in config_overrides.items():
-        setattr(student_config, name, value)
-    if select:
-        student_config.hidden_size, student_config.num_attention_heads = widths[0], widths[1]
-        _set_intermediate_size(student_config, widths[2])
-        # ELECTRA without a factorised embedding (embedding_size == hidden_size) stays without one.
-        if getattr(config, "embedding_size", None) == config.hidden_size:
-            student_config.embedding_size = widths[0]
-    else:
-        # The same shapes weight selection would build: heads and FFN follow a new hidden size unless given.
-        head_dim = config.hidden_size // config.num_attention_heads
-        if hidden_size is not None and hidden_size % head_dim == 0:
-            resolved = _resolve_widths(config, hidden_size, num_attention_heads, intermediate_size)
-            widths_given = dict(zip(("hidden_size", "num_attention_heads", "intermediate_size"), resolved))
-        for name, value in widths_given.items():
-            if name == "intermediate_size":
-                _set_intermediate_size(student_config, value)
-            else:
-                setattr(student_config, name, value)
-        config_overrides = {**widths_given, **config_overrides}  # named in the random-init warning
-    # DeBERTa's pooler width defaults to hidden_size when the config is made; follow a new hidden size.
-    if student_config.hidden_size != config.hidden_size and "pooler_hidden_size" not in config_overrides:
-        if getattr(config, "pooler_hidden_size", None) == config.hidden_size:
-            student_config.pooler_hidden_size = student_config.hidden_size
-    student_config.num_hidden_layers = len(selected)
-    # layer index maps in the layer container: student index -> teacher index (0-based)
-    if model_type == "albert":
-        groups = _albert_groups(config, selected)
-        student_config.num_hidden_groups = len(groups)
-        index_map = dict(enumerate(groups))
-        logger.info(
-            "ALBERT shares weights across layers: the student keeps teacher layer group(s) %s and runs them %d "
-            "times instead of %d (selected teacher layers %s).",
-            groups,
-            len(selected),
-            num_teacher,
-            selected,
-        )
-    else:
-        index_map = {m: t - 1 for m, t in enumerate(selected)}
-    name_or_path = getattr(config, "_name_or_path", None) or None
-    student_config.hf_kd_teacher = name_or_path or type(teacher).__name__
-    student_config.hf_kd_teacher_layers = selected
-    student_config.hf_kd_init = "select" if select else init
-    student_config._name_or_path = ""
-
+    student_config, index_map, config_overrides = _student_config(
+        teacher,
+        selected,
+        init,
+        select,
+        widths if select else None,
+        widths_given,
+        hidden_size,
+        num_attention_heads,
+        intermediate_size,
+        config_overrides,
+    )
     student = type(teacher)(student_config)
     container = _container_name(teacher, LAYER_CONTAINERS[model_type])
     # (DistilBERT's config maps num_attention_heads to n_heads, so this reads every supported config.)
@@ -537,10 +577,7 @@ def make_student(
         )
         student.load_state_dict(new_state, strict=True)
         student.config.hf_kd_weight_selection = record
-        if hasattr(student, "tie_weights"):
-            student.tie_weights()
-        param = next(teacher.parameters())
-        student.to(device=param.device, dtype=param.dtype)
+        _finish(student, teacher)
         logger.info(
             "make_student: %d-layer %s (hidden %d, %d heads, FFN %d) from teacher layers %s by weight "
             "selection (%s).",
@@ -569,10 +606,7 @@ def make_student(
             continue
         new_state[key] = tensor.detach().clone()  # own storage: the trainer rejects shared parameters
     student.load_state_dict(new_state, strict=False)  # load_state_dict copies into the student's own tensors
-    if hasattr(student, "tie_weights"):
-        student.tie_weights()
-    param = next(teacher.parameters())
-    student.to(device=param.device, dtype=param.dtype)
+    _finish(student, teacher)
 
     if random_parts:
         parts = sorted(set(random_parts), key=random_parts.index)
