@@ -436,10 +436,10 @@ def _load_student(model_args: ModelArguments, teacher: Any, task: str) -> Any:
 # ---- hf-kd distill ---------------------------------------------------------------------------------------------
 
 
-def _begin(name: str, argv: Sequence[str], flag: str) -> tuple[Command, str, Any, Any, Any, str]:
+def _begin(name: str, argv: Sequence[str], flag: str) -> tuple[Command, str, Any, Any, str]:
     """What `hf-kd distill` and `hf-kd finetune` check and load before building their models, in order: the
     flags, the model source named by `flag`, the output directory (and what to resume from), the seed, the
-    source's config, the raw data and the task. Returns (command, source, resume, config, raw, task)."""
+    source's config, the raw data and the task. Returns (command, source, resume, raw, task)."""
     command = parse_command(name, argv)
     source = check_model_source(getattr(command.model, flag.lstrip("-")), flag)
     resume = prepare_output_dir(command) if not command.run.overwrite_output_dir else None
@@ -450,10 +450,10 @@ def _begin(name: str, argv: Sequence[str], flag: str) -> tuple[Command, str, Any
     config = _from_pretrained(AutoConfig, source, flag, trust_remote_code=command.model.trust_remote_code)
     raw = load_raw_data(command, command.model.task)
     task = resolve_task(command, config, source, flag, raw)
-    return command, source, resume, config, raw, task
+    return command, source, resume, raw, task
 
 
-def _train(trainer: Any, command: Command, resume: Any) -> Any:
+def _train(trainer: Any, command: Command, resume: Any) -> None:
     """Every check has passed, the trainer's own included: only now is an earlier run removed (with
     --overwrite_output_dir) and this one recorded. Trains, then logs and saves the train metrics."""
     if command.run.overwrite_output_dir:
@@ -462,7 +462,6 @@ def _train(trainer: Any, command: Command, resume: Any) -> Any:
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
-    return train_result
 
 
 def _evaluate_labelled(trainer: Any, prepared: Any) -> dict[str, dict[str, float]]:
@@ -483,7 +482,7 @@ def _evaluate_labelled(trainer: Any, prepared: Any) -> dict[str, dict[str, float
 
 def run_distill(argv: Sequence[str]) -> int:
     """`hf-kd distill`: returns the exit status. Every check runs before the output directory is touched."""
-    command, source, resume, _, raw, task = _begin("distill", argv, "--teacher_model_name_or_path")
+    command, source, resume, raw, task = _begin("distill", argv, "--teacher_model_name_or_path")
     model_args, data_args, config = command.model, command.data, command.training
 
     from .distributed import shutdown_distributed
@@ -668,7 +667,7 @@ def _finetune_model(command: Command, task: str, source: str, raw: Any) -> Any:
 
 def run_finetune(argv: Sequence[str]) -> int:
     """`hf-kd finetune`: fine-tune a pretrained model on the task with a plain Trainer, to serve as a teacher."""
-    command, source, resume, _, raw, task = _begin("finetune", argv, "--model_name_or_path")
+    command, source, resume, raw, task = _begin("finetune", argv, "--model_name_or_path")
     model_args, data_args, config = command.model, command.data, command.training
 
     from transformers import AutoTokenizer, Trainer

@@ -395,7 +395,6 @@ def _student_config(
     teacher: PreTrainedModel,
     selected: list[int],
     init: str,
-    select: bool,
     widths: tuple[int, int, int] | None,
     widths_given: dict[str, int],
     hidden_size: int | None,
@@ -405,8 +404,10 @@ def _student_config(
 ) -> tuple[Any, dict[int, int], dict[str, Any]]:
     """The student's config (the teacher's with fewer layers, any new widths and overrides, and the hf_kd_*
     records), the map from student layer index to teacher layer index in the layer container (0-based), and the
-    config overrides to name in the random-initialisation warning."""
+    config overrides to name in the random-initialisation warning. `widths` (hidden, heads, FFN) is given for a
+    weight-selected student and None otherwise."""
     config = teacher.config
+    select = widths is not None
     model_type = config.model_type
     num_teacher = _teacher_layers(config)
     student_config = copy.deepcopy(config)
@@ -557,7 +558,6 @@ def make_student(
         teacher,
         selected,
         init,
-        select,
         widths if select else None,
         widths_given,
         hidden_size,
